@@ -1,0 +1,35 @@
+//! `rserpool`: the command-line front end.
+
+mod bench;
+mod decode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rserpool",
+    version,
+    about = "Reliable Server Pooling (RSerPool) tools"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Decode one ASAP or ENRP message given as hex and print it as JSON.
+    Decode(decode::DecodeArgs),
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Decode(a) => decode::run(a),
+        Command::Bench(b) => bench::run(b),
+    };
+    std::process::exit(code);
+}

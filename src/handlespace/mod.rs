@@ -1,0 +1,1 @@
+//! The handlespace: pools, pool elements and selection policies (RFC 5356).

@@ -1,0 +1,18 @@
+//! Reliable Server Pooling (RSerPool, RFC 5351-5356).
+//!
+//! The crate is layered:
+//! - [`wire`]: the ASAP/ENRP message codec (RFC 5352-5354) and the TCP mapping's
+//!   chunk framing. Pure: bytes in, values out.
+//! - [`handlespace`]: pools, pool elements, every RFC 5356 selection policy and the
+//!   ENRP PE checksum. Pure: time comes in as an argument.
+//! - `ffi`: the C ABI (`rserpool_*`), a thin shell over the above.
+#![warn(missing_debug_implementations)]
+
+pub mod handlespace;
+pub mod time;
+pub mod wire;
+
+mod ffi;
+
+/// The library version, as in Cargo.toml.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
