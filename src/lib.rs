@@ -12,7 +12,7 @@ pub mod handlespace;
 pub mod time;
 pub mod wire;
 
-mod ffi;
+pub mod ffi;
 
 /// The library version, as in Cargo.toml.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

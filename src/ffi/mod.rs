@@ -1,1 +1,18 @@
-//! The C ABI.
+//! The C ABI: every `extern "C"` function of the library lives below this module.
+//!
+//! Rules every function here follows (they are repeated in the header):
+//! - its whole body runs inside [`guard`], so no panic crosses into C;
+//! - every pointer is checked before use, and buffers come with explicit lengths;
+//! - output parameters are written only on success unless documented otherwise;
+//! - results are `int`: [`RserpoolErr::Ok`] (0) or a negative, stable code.
+
+pub mod error;
+mod guard;
+mod version;
+
+pub use error::RserpoolErr;
+pub use version::RSERPOOL_VERSION_NUMBER;
+
+/// Success: the value every function returns when it worked.
+pub const RSERPOOL_OK: std::os::raw::c_int = 0;
+pub(crate) use guard::guard;

@@ -1,0 +1,135 @@
+//! Builds every C program in `capi-tests/` against the freshly built library, shared
+//! and static, with the system C compiler and `-Wall -Wextra -Werror`, and runs it.
+//!
+//! Set `RSERPOOL_CAPI_VALGRIND=1` to run each program under valgrind (leak check,
+//! errors fail the test), `RSERPOOL_CAPI_SANITIZE=1` to build with AddressSanitizer
+//! and UndefinedBehaviorSanitizer.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The directory holding librserpool.so / librserpool.a: beside the rserpool binary.
+fn lib_dir() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_rserpool"));
+    let dir = bin.parent().expect("binary has a directory").to_path_buf();
+    for f in ["librserpool.so", "librserpool.a"] {
+        assert!(
+            dir.join(f).exists(),
+            "{} not built (cargo test builds it with the library)",
+            dir.join(f).display()
+        );
+    }
+    dir
+}
+
+fn c_sources() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(manifest_dir().join("capi-tests"))
+        .expect("capi-tests/ exists")
+        .map(|e| e.expect("readable dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "c"))
+        .collect();
+    v.sort();
+    assert!(!v.is_empty(), "no C tests found in capi-tests/");
+    v
+}
+
+fn env_on(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == "1")
+}
+
+/// Compiles `src` into `out`, linked against the library as `link` says.
+fn compile(src: &Path, out: &Path, static_link: bool) {
+    let lib = lib_dir();
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let mut cmd = Command::new(cc);
+    cmd.args([
+        "-std=c11",
+        "-Wall",
+        "-Wextra",
+        "-Wpedantic",
+        "-Werror",
+        "-g",
+        "-O1",
+    ])
+    .arg("-I")
+    .arg(manifest_dir().join("include"))
+    .arg(src)
+    .arg("-o")
+    .arg(out);
+    if env_on("RSERPOOL_CAPI_SANITIZE") {
+        cmd.args(["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]);
+    }
+    if static_link {
+        cmd.arg(lib.join("librserpool.a"))
+            .args(["-lpthread", "-ldl", "-lm"]);
+    } else {
+        cmd.arg("-L")
+            .arg(&lib)
+            .arg(format!("-Wl,-rpath,{}", lib.display()))
+            .arg("-lrserpool");
+    }
+    let o = cmd.output().expect("the C compiler runs");
+    assert!(
+        o.status.success(),
+        "compiling {} failed:\n{}{}",
+        src.display(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn run(exe: &Path) {
+    let mut cmd = if env_on("RSERPOOL_CAPI_VALGRIND") {
+        let mut c = Command::new("valgrind");
+        c.args([
+            "--quiet",
+            "--error-exitcode=99",
+            "--leak-check=full",
+            "--show-leak-kinds=definite,indirect",
+            "--errors-for-leak-kinds=definite,indirect",
+        ])
+        .arg(exe);
+        c
+    } else {
+        Command::new(exe)
+    };
+    cmd.env("RSERPOOL_BIN", env!("CARGO_BIN_EXE_rserpool"));
+    let o = cmd.output().expect("the C test runs");
+    print!("{}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        o.status.success(),
+        "{} failed ({}):\n{}{}",
+        exe.display(),
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn build_and_run_all(static_link: bool) {
+    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(if static_link {
+        "capi-static"
+    } else {
+        "capi-shared"
+    });
+    std::fs::create_dir_all(&out_dir).expect("tmp dir");
+    for src in c_sources() {
+        let exe = out_dir.join(src.file_stem().expect("file name"));
+        compile(&src, &exe, static_link);
+        run(&exe);
+    }
+}
+
+#[test]
+fn c_tests_against_shared_library() {
+    build_and_run_all(false);
+}
+
+#[test]
+fn c_tests_against_static_library() {
+    build_and_run_all(true);
+}
