@@ -13,7 +13,12 @@ fn files(target: &str) -> Vec<(String, Vec<u8>)> {
     let v: Vec<_> = rd
         .map(|e| e.expect("directory entry").path())
         .filter(|p| p.is_file())
-        .map(|p| (p.display().to_string(), std::fs::read(&p).expect("read corpus file")))
+        .map(|p| {
+            (
+                p.display().to_string(),
+                std::fs::read(&p).expect("read corpus file"),
+            )
+        })
         .collect();
     assert!(!v.is_empty(), "{} is empty", dir.display());
     v
