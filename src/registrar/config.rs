@@ -3,33 +3,8 @@
 
 use std::time::Duration;
 
+pub use crate::handlespace::RegLifeUnit;
 use crate::wire::Transport;
-
-/// The unit of the Registration Life field (digest §5.6, §12 #1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum RegLifeUnit {
-    /// RFC 5352/5354: seconds.
-    #[default]
-    Seconds,
-    /// RSPLIB and Wireshark: milliseconds.
-    Millis,
-}
-
-impl RegLifeUnit {
-    /// The lifetime a Registration Life value stands for; `None` means infinite
-    /// (-1). Other negative values and 0 have no lifetime (`Some(ZERO)`); the
-    /// handlespace rejects them as invalid.
-    pub fn lifetime(self, reg_life: i32) -> Option<Duration> {
-        if reg_life == -1 {
-            return None;
-        }
-        let v = u64::try_from(reg_life).unwrap_or(0);
-        Some(match self {
-            RegLifeUnit::Seconds => Duration::from_secs(v),
-            RegLifeUnit::Millis => Duration::from_millis(v),
-        })
-    }
-}
 
 /// Whether a keep-alive carries RSPLIB's extra PE Identifier TLV (digest §12 #8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -72,6 +47,9 @@ impl RateLimit {
 pub struct RegistrarConfig {
     /// Unit of the Registration Life field. Default: seconds (RFC).
     pub reg_life_unit: RegLifeUnit,
+    /// Lifetime expiry precision: a PE expires never early and at most this
+    /// late (the handlespace files expiries in buckets this wide). Default 10 ms.
+    pub expiry_granularity: Duration,
 
     /// PEs returned by a handle resolution without option 0x803f (or with
     /// Items 0). Default 3 (RSPLIB's value; the RFCs give none).
@@ -129,6 +107,8 @@ pub struct RegistrarConfig {
     /// it reports are dropped silently and counted. Default 10/s, burst 20.
     pub unreachable_rate: RateLimit,
 
+    /// Most pools (a registration creating one more gets cause 0x6). Default 100 000.
+    pub max_pools: usize,
     /// Most PEs in one pool (new registrations beyond get cause 0x6). Default 10 000.
     pub max_pes_per_pool: usize,
     /// Most PEs registered over one connection (cause 0x6). Default 1 000.
@@ -158,6 +138,7 @@ impl Default for RegistrarConfig {
     fn default() -> Self {
         RegistrarConfig {
             reg_life_unit: RegLifeUnit::Seconds,
+            expiry_granularity: Duration::from_millis(10),
             default_items: 3,
             max_items: 256,
             keep_alive_interval: Duration::from_secs(5),
@@ -178,6 +159,7 @@ impl Default for RegistrarConfig {
                 per_sec: 10,
                 burst: 20,
             },
+            max_pools: 100_000,
             max_pes_per_pool: 10_000,
             max_pes_per_connection: 1_000,
             max_pes_total: 100_000,

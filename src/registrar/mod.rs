@@ -47,9 +47,10 @@ use std::net::SocketAddr;
 
 pub use config::{KeepAlivePeId, RateLimit, RegLifeUnit, RegistrarConfig};
 
-use space::{PeKey, RegOutcome, Space};
+use space::{PeKey, Space};
 use util::{Rng, Timers, TokenBucket};
 
+use crate::handlespace::{self, Cursor, Handlespace, InvalidField, RegisterError, RejectInfo};
 use crate::time::Time;
 use crate::wire::param::param_bytes;
 use crate::wire::{
@@ -191,7 +192,7 @@ enum Timer {
 #[derive(Debug, Clone)]
 struct TableCursor {
     own_only: bool,
-    after: PeKey,
+    resume: Cursor,
 }
 
 #[derive(Debug)]
@@ -259,13 +260,28 @@ const TABLE_BYTES: usize = MAX_LENGTH - 64;
 impl Registrar {
     /// A registrar with identifier `server_id` (RFC 5353: random, non-zero,
     /// fixed for the server's lifetime), a PRNG seed and the current time.
+    ///
+    /// The seed drives keep-alive jitter, the random policies and the keys of
+    /// the handlespace's hash maps (which take handles and ids from the
+    /// network): give it a secret random value in production, a fixed one in
+    /// tests.
     pub fn new(config: RegistrarConfig, server_id: u32, rng_seed: u64, now: Time) -> Self {
+        let mut rng = Rng::new(rng_seed);
+        let hs_config = handlespace::Config {
+            reg_life_unit: config.reg_life_unit,
+            expiry_granularity: config.expiry_granularity,
+            max_pools: config.max_pools,
+            max_pes_per_pool: config.max_pes_per_pool,
+            max_pes: config.max_pes_total,
+            seed: rng.next_u64(),
+            hash_seed: rng.next_u64(),
+        };
         let mut r = Registrar {
             config,
             server_id,
-            rng: Rng::new(rng_seed),
+            rng,
             now,
-            space: Space::default(),
+            space: Space::new(hs_config),
             conns: BTreeMap::new(),
             owned: BTreeMap::new(),
             subscribers: BTreeMap::new(),
@@ -302,17 +318,19 @@ impl Registrar {
         self.space.len()
     }
 
+    /// The handlespace, for dumps, statistics and tests.
+    pub fn handlespace(&self) -> &Handlespace {
+        &self.space.hs
+    }
+
     /// One PE, as stored (home and ASAP transport filled in).
-    pub fn pool_element(&self, handle: &PoolHandle, pe_id: u32) -> Option<&PoolElement> {
+    pub fn pool_element(&self, handle: &PoolHandle, pe_id: u32) -> Option<PoolElement> {
         self.space.get(handle, pe_id)
     }
 
     /// Every pool with its PEs, in handle and PE-id order.
     pub fn pool_elements(&self) -> Vec<(PoolHandle, Vec<PoolElement>)> {
-        self.space
-            .pools()
-            .map(|(h, pes)| (h.clone(), pes.into_iter().cloned().collect()))
-            .collect()
+        self.space.pools()
     }
 
     /// The connection a PE registered over, if this server owns it.
@@ -541,7 +559,7 @@ impl Registrar {
         accepted: bool,
     ) -> AsapMessage {
         let n = self.item_count(items);
-        match self.space.select(handle, n, &mut self.rng) {
+        match self.space.select(handle, n) {
             Some((policy, mut elements)) => {
                 let mut size = 4 + handle.param_len() + policy.param_len();
                 let fits = elements
@@ -658,42 +676,37 @@ impl Registrar {
         }
     }
 
-    fn on_registration(&mut self, conn: ConnId, pool_handle: PoolHandle, mut pe: PoolElement) {
+    fn on_registration(&mut self, conn: ConnId, pool_handle: PoolHandle, pe: PoolElement) {
         let pe_id = pe.id;
         let key = (pool_handle.clone(), pe_id);
         let rsplib = pe.home != 0;
-        let received = pe.clone();
-        pe.home = self.server_id;
-        pe.asap_transport = self.conns.get(&conn).and_then(|c| asap_transport(&c.info));
-        let result = self.check_registration(conn, &key, &pe).and_then(|()| {
-            let lifetime = self.config.reg_life_unit.lifetime(pe.reg_life);
-            self.space
-                .register(pool_handle.clone(), pe, lifetime, self.now)
-        });
+        let mut stored = pe.clone();
+        stored.home = self.server_id;
+        stored.asap_transport = self.conns.get(&conn).and_then(|c| asap_transport(&c.info));
+        let before = self.space.get(&pool_handle, pe_id);
+        let result = self
+            .check_registration(conn, &key, &stored, before.as_ref())
+            .and_then(|()| {
+                self.space
+                    .register(&pool_handle, &stored, self.server_id, self.now)
+                    .map_err(|e| reject_cause(e, &pool_handle, &pe))
+            });
         let error = match result {
-            Ok(outcome) => {
-                match outcome {
-                    RegOutcome::New => {
-                        self.stats.registrations += 1;
-                        self.dirty.insert(pool_handle.clone());
-                    }
-                    RegOutcome::Replaced { changed } => {
-                        self.stats.reregistrations += 1;
-                        if changed {
-                            self.dirty.insert(pool_handle.clone());
-                        }
-                    }
+            Ok(r) => {
+                if r.new {
+                    self.stats.registrations += 1;
+                } else {
+                    self.stats.reregistrations += 1;
+                }
+                // Push to subscribers only if what they would see changed.
+                if before.as_ref() != Some(&stored) {
+                    self.dirty.insert(pool_handle.clone());
                 }
                 self.take_ownership(conn, key, rsplib);
                 None
             }
-            Err(mut c) => {
+            Err(c) => {
                 self.stats.registration_rejections += 1;
-                // Cause 0x3 names the PE TLV as received, not as completed here.
-                if c.code == cause::INVALID_VALUES && c.info.first_chunk::<2>() == Some(&[0, 0x0a])
-                {
-                    c.info = param_bytes(&received);
-                }
                 Some(fit_causes(vec![c]))
             }
         };
@@ -706,18 +719,23 @@ impl Registrar {
         self.send_asap(conn, &msg);
     }
 
-    /// Checks that need the connection and the limits (the handlespace does
-    /// the rest).
+    /// Checks that need the connection or go beyond the handlespace's own
+    /// (which does 0x3 on the fields, 0x5, 0x7, 0x8 and the pool and total
+    /// limits).
     fn check_registration(
         &self,
         conn: ConnId,
         key: &PeKey,
         pe: &PoolElement,
+        before: Option<&PoolElement>,
     ) -> Result<(), ErrorCause> {
-        let lack = || ErrorCause::new(cause::LACK_OF_RESOURCES);
+        // Addresses nobody can reach the PE at (0x3 with the transport TLV).
+        let t = &pe.user_transport;
+        if t.port() == Some(0) || t.addrs().iter().any(unusable_address) {
+            return Err(ErrorCause::with_info(cause::INVALID_VALUES, param_bytes(t)));
+        }
         let owner = self.owned.get(key);
-        let same_conn = owner.is_some_and(|o| o.conn == conn && !o.orphan);
-        if let (Some(o), Some(old)) = (owner, self.space.get(&key.0, key.1)) {
+        if let (Some(o), Some(old)) = (owner, before) {
             // The ID is held by a live registration on another connection. The
             // same PE on a new association (same user transport, from a host
             // address the old one used) may move; anything else is two PEs
@@ -732,17 +750,11 @@ impl Registrar {
                 }
             }
         }
-        let known = self.space.get(&key.0, key.1).is_some();
-        if !known
-            && (self.space.len() >= self.config.max_pes_total
-                || self.space.pool_len(&key.0) >= self.config.max_pes_per_pool)
-        {
-            return Err(lack());
-        }
+        let same_conn = owner.is_some_and(|o| o.conn == conn && !o.orphan);
         if !same_conn {
             let n = self.conns.get(&conn).map_or(0, |c| c.owned.len());
             if n >= self.config.max_pes_per_connection {
-                return Err(lack());
+                return Err(ErrorCause::new(cause::LACK_OF_RESOURCES));
             }
         }
         Ok(())
@@ -974,7 +986,7 @@ impl Registrar {
     /// Remove a PE from the handlespace and everything that refers to it.
     fn remove_pe(&mut self, key: &PeKey, why: Removal) {
         self.forget_owned(key);
-        if self.space.remove(&key.0, key.1).is_some() {
+        if self.space.remove(&key.0, key.1) {
             self.dirty.insert(key.0.clone());
             if why == Removal::ConnectionLoss {
                 self.stats.connection_loss_removals += 1;
@@ -1056,37 +1068,34 @@ impl Registrar {
     }
 
     /// Answer one ENRP_HANDLE_TABLE_REQUEST with the next chunk (digest §9.9
-    /// step 4). Each connection keeps a cursor (the last PE sent, in handle and
-    /// PE-id order) while M=1 chunks are outstanding, so a PE present
-    /// throughout the download is sent exactly once even if the handlespace
-    /// changes between requests. A request with a different W flag, or after
+    /// step 4). Each connection keeps a cursor into the handlespace while M=1
+    /// chunks are outstanding, so a PE present throughout the download is sent
+    /// exactly once even if the handlespace changes between requests (PEs
+    /// added or removed meanwhile may or may not be; ENRP peers learn of those
+    /// from updates). A request with a different W flag, or after
     /// the session timeout, starts over.
     fn on_table_request(&mut self, conn: ConnId, requester: u32, own_only: bool) {
         let now = self.now;
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        let after = c
+        let start = c
             .table
             .as_ref()
             .filter(|t| t.own_only == own_only)
-            .map(|t| t.after.clone());
-        let me = self.server_id;
-        let chunk = self.space.chunk_after(
-            after.as_ref(),
-            |pe| !own_only || pe.home == me,
+            .map_or(Cursor::START, |t| t.resume);
+        let chunk = self.space.chunk(
+            start,
+            own_only.then_some(self.server_id),
             self.config.handle_table_chunk,
             TABLE_BYTES,
         );
         let more = chunk.more;
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.table = match (more, chunk.last) {
-                (true, Some(last)) => Some(TableCursor {
-                    own_only,
-                    after: last,
-                }),
-                _ => None,
-            };
+            c.table = more.then_some(TableCursor {
+                own_only,
+                resume: chunk.resume,
+            });
         }
         if more {
             self.timers.set(
@@ -1193,4 +1202,27 @@ fn salvage_registration(b: &[u8]) -> Option<(PoolHandle, u32)> {
         pos += (l + 3) & !3;
     }
     Some((handle?, id?))
+}
+
+/// An address a PE cannot be reached at: unspecified, multicast, broadcast.
+fn unusable_address(a: &std::net::IpAddr) -> bool {
+    a.is_unspecified()
+        || a.is_multicast()
+        || matches!(a, std::net::IpAddr::V4(v4) if v4.is_broadcast())
+}
+
+/// The error cause for a handlespace rejection, with the information its code
+/// calls for: the offending TLV as received (0x3), the pool's policy (0x5), a
+/// transport of the pool's type (0x7).
+fn reject_cause(e: RegisterError, handle: &PoolHandle, pe: &PoolElement) -> ErrorCause {
+    let info = match e.info {
+        RejectInfo::None => Vec::new(),
+        RejectInfo::Invalid(InvalidField::PoolHandle) => param_bytes(handle),
+        RejectInfo::Invalid(InvalidField::PoolElement) => param_bytes(pe),
+        RejectInfo::Invalid(InvalidField::UserTransport) => param_bytes(&pe.user_transport),
+        RejectInfo::Invalid(InvalidField::Policy) => param_bytes(&pe.policy),
+        RejectInfo::Policy(p) => param_bytes(&p),
+        RejectInfo::Transport(t) => param_bytes(&t),
+    };
+    ErrorCause::with_info(e.code, info)
 }
