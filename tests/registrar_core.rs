@@ -1539,3 +1539,59 @@ fn answer_keep_alives(h: &mut H, good: ConnId, out: &[Output]) {
         }
     }
 }
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_output_is_well_formed(o: &Output) {
+        match o {
+            Output::Send { ppid, msg, .. } if *ppid == PPID_ASAP => {
+                AsapMessage::decode(msg).expect("ASAP output decodes");
+            }
+            Output::Send { ppid, msg, .. } if *ppid == PPID_ENRP => {
+                EnrpMessage::decode(msg).expect("ENRP output decodes");
+            }
+            Output::Send { ppid, .. } => panic!("unexpected ppid {ppid}"),
+            Output::Announce { msg } => {
+                AsapMessage::decode(msg).expect("announce decodes");
+            }
+            Output::Close { .. } => {}
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any bytes on any PPID, at any time, from a few connections: no panic,
+        /// every output decodes, and after handle_timeout no timer is overdue.
+        #[test]
+        fn arbitrary_input_never_panics(
+            msgs in proptest::collection::vec(
+                (0u64..4, prop_oneof![Just(PPID_ASAP), Just(PPID_ENRP), Just(0u32), any::<u32>()],
+                 proptest::collection::vec(any::<u8>(), 0..96), 0u64..3_000_000),
+                1..40)
+        ) {
+            let mut h = H::new(RegistrarConfig {
+                announce_interval: Some(Duration::from_secs(1)),
+                ..RegistrarConfig::default()
+            });
+            let conns: Vec<ConnId> = (0..4).map(|i| h.connect(i)).collect();
+            for (c, ppid, mut bytes, dt) in msgs {
+                // Half the time, make the header's length right so the body is parsed.
+                if bytes.len() >= 4 && dt % 2 == 0 {
+                    let n = u16::try_from(bytes.len()).unwrap();
+                    bytes[2..4].copy_from_slice(&n.to_be_bytes());
+                    bytes[0] %= 0x10;
+                }
+                h.now = h.now + Duration::from_micros(dt);
+                let out = h.raw(conns[usize::try_from(c).unwrap()], ppid, &bytes);
+                out.iter().for_each(any_output_is_well_formed);
+                h.run_until(h.now).iter().for_each(any_output_is_well_formed);
+                if let Some(t) = h.r.poll_timeout() {
+                    prop_assert!(t > h.now, "timer {t:?} due at {:?} not run", h.now);
+                }
+            }
+        }
+    }
+}

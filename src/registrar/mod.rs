@@ -37,6 +37,43 @@
 //!   and counted, as RSPLIB does), PE and subscription limits, a malformed
 //!   message threshold and an idle timeout (both close the connection). A
 //!   hostile message costs at most its own connection.
+//!
+//! # Documented choices
+//!
+//! - **Registration Life** unit: a switch ([`RegLifeUnit`]), seconds by default.
+//!   The Home ENRP Server Identifier a PE sends is ignored (0 or anything);
+//!   a non-zero one marks the PE as RSPLIB-like for [`KeepAlivePeId::Auto`].
+//! - **Re-registration from another connection** moves the PE there only if
+//!   the old connection is gone, or the new one shares a host address with the
+//!   old ASAP transport and the user transport is unchanged; otherwise 0x4.
+//!   Nothing in ASAP authenticates PEs, so this keeps a stranger from taking a
+//!   live PE over by guessing its id.
+//! - **Deregistration** is honoured only from the PE's registration
+//!   connection, or from anyone once that connection is gone (0xa otherwise).
+//! - **Subscriptions**: a pushed response is built like an answer to the
+//!   original request (same item count). When a subscribed pool disappears the
+//!   push is a negative response (cause 0x9) with A=1, and the subscription
+//!   stays, so the subscriber hears when the pool comes back. A negative
+//!   answer to the request itself starts no subscription (RFC 5352).
+//! - **Keep-alives**: every [`RegistrarConfig::keep_alive_interval`] ±50 % per
+//!   PE, never closer than [`RegistrarConfig::keep_alive_min_gap`]; a
+//!   (re-)registration counts as proof of life and restarts the schedule.
+//!   Only an ack on the PE's own registration connection counts.
+//! - **Unreachable reports**: with `probe_unreachable` (default) the PE is
+//!   probed at once (H=0) and removed if the probe goes unanswered or cannot be
+//!   sent; independently it is removed once its report count exceeds
+//!   `max_bad_pe_reports`. RSPLIB only counts ([`RegistrarConfig::rsplib_profile`]).
+//! - **Malformed input** (broken framing, nothing to report) is counted and
+//!   dropped; past `max_malformed` the connection is closed. A registration
+//!   whose values the codec refuses is still answered with a registration
+//!   response (R=1, cause 0x3) when its handle and PE id can be read.
+//! - **PPID 0** on a TCP connection is taken as ASAP (a TCP-mapping peer that
+//!   leaves the PPID out); any other unknown PPID is dropped.
+//! - **ENRP** (PPID 12): only ENRP_HANDLE_TABLE_REQUEST is served (it is how
+//!   `rserpool dump` reads the handlespace); other ENRP messages are counted
+//!   and ignored until the ENRP peer side exists.
+//! - **Server announce**: every `announce_interval` when set, not yet scaled by
+//!   the number of other announcing servers (that needs ENRP).
 
 mod config;
 mod space;
@@ -794,7 +831,11 @@ impl Registrar {
         if iv.is_zero() {
             self.timers.cancel(&Timer::KeepAlive(key));
         } else {
-            let at = self.now + self.rng.spread(iv);
+            let mut at = self.now + self.rng.spread(iv);
+            // The per-PE rate limit holds for periodic keep-alives too.
+            if let Some(last) = self.owned.get(&key).and_then(|o| o.last_keep_alive) {
+                at = at.max(last + self.config.keep_alive_min_gap);
+            }
             self.timers.set(Timer::KeepAlive(key), at);
         }
     }
