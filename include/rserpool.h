@@ -28,6 +28,16 @@
 #define RSERPOOL_OK 0
 
 /**
+ * SCTP payload protocol identifier of ASAP messages.
+ */
+#define RSERPOOL_PPID_ASAP 11
+
+/**
+ * SCTP payload protocol identifier of ENRP messages.
+ */
+#define RSERPOOL_PPID_ENRP 12
+
+/**
  * The version of the header: `major * 10000 + minor * 100 + patch`. Compare it
  * with `rserpool_version_number()` to detect a header/library mismatch.
  */
@@ -150,6 +160,38 @@ typedef enum RserpoolErr {
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/**
+ * Decodes one ASAP (`ppid` 11) or ENRP (`ppid` 12) message and renders it as
+ * compact JSON: message type name, flags, every parameter with its fields.
+ *
+ * - `msg`, `msg_len`: the message bytes (not NULL, even when `msg_len` is 0).
+ * - `json`, `json_cap`: the caller's buffer for the NUL-terminated JSON text;
+ *   `json` may be NULL only when `json_cap` is 0 (to ask for the size).
+ * - `json_len` (not NULL): on success, the length of the JSON text without its
+ *   NUL. On `RSERPOOL_ERR_BUFFER_TOO_SMALL` it receives the buffer size needed,
+ *   NUL included (an exception to the output-parameter rule, so the caller can
+ *   retry with a large enough buffer).
+ * - `error_offset` (may be NULL): on `RSERPOOL_ERR_MALFORMED`, the byte offset
+ *   of the problem (an exception to the output-parameter rule).
+ *
+ * Returns `RSERPOOL_OK`, `RSERPOOL_ERR_NULL_POINTER`,
+ * `RSERPOOL_ERR_INVALID_ARGUMENT` (ppid neither 11 nor 12),
+ * `RSERPOOL_ERR_MALFORMED` or `RSERPOOL_ERR_BUFFER_TOO_SMALL`.
+ * Thread-safe; nothing is retained after the call.
+ *
+ * # Safety
+ * `msg` must point to `msg_len` readable bytes and `json` to `json_cap`
+ * writable bytes; `json_len` and `error_offset` (if not NULL) must be valid
+ * for writing.
+ */
+int rserpool_decode_json(const uint8_t *msg,
+                         size_t msg_len,
+                         uint32_t ppid,
+                         char *json,
+                         size_t json_cap,
+                         size_t *json_len,
+                         size_t *error_offset);
 
 /**
  * Describes a result code.

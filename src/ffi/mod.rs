@@ -6,10 +6,12 @@
 //! - output parameters are written only on success unless documented otherwise;
 //! - results are `int`: [`RserpoolErr::Ok`] (0) or a negative, stable code.
 
+mod decode;
 pub mod error;
 mod guard;
 mod version;
 
+pub use decode::{RSERPOOL_PPID_ASAP, RSERPOOL_PPID_ENRP};
 pub use error::RserpoolErr;
 pub use version::RSERPOOL_VERSION_NUMBER;
 
