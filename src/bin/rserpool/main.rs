@@ -1,6 +1,7 @@
 //! `rserpool`: the command-line front end.
 
 mod bench;
+mod client;
 mod decode;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,10 @@ struct Cli {
 enum Command {
     /// Decode one ASAP or ENRP message given as hex and print it as JSON.
     Decode(decode::DecodeArgs),
+    /// Resolve a pool handle at a registrar (ASAP over the TCP mapping).
+    Resolve(client::ResolveArgs),
+    /// Print a registrar's whole handlespace (ENRP_HANDLE_TABLE_REQUEST).
+    Dump(client::DumpArgs),
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -29,6 +34,8 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Decode(a) => decode::run(a),
+        Command::Resolve(a) => client::resolve(a),
+        Command::Dump(a) => client::dump(a),
         Command::Bench(b) => bench::run(b),
     };
     std::process::exit(code);
