@@ -9,6 +9,7 @@
 #![warn(missing_debug_implementations)]
 
 pub mod handlespace;
+pub mod registrar;
 pub mod runtime;
 pub mod time;
 pub mod wire;
