@@ -5,7 +5,7 @@
 //! command queue for other threads, and a [`Driver`]: the sans-IO protocol core
 //! that decides what to say. The loop feeds the driver network events and time
 //! (`on_*`), then drains its [`Action`]s and carries them out. The registrar
-//! is one driver; the PE/PU client library will
+//! is one driver ([`registrar::RegistrarDriver`]); the PE/PU client library will
 //! be another.
 //!
 //! Transports: TCP with the TCP mapping shim (digest §10) is implemented in
@@ -21,6 +21,7 @@ mod reactor;
 mod slab;
 
 pub mod blocking;
+pub mod registrar;
 pub mod sys;
 pub mod url;
 
@@ -28,6 +29,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use reactor::{EventLoop, LoopHandle, LoopStats};
+pub use registrar::{RegistrarHandle, RegistrarOptions};
 pub use sys::{probe_sctp, SctpSupport, SignalPipe};
 pub use url::{EndpointUrl, Proto};
 

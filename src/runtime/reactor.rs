@@ -160,6 +160,16 @@ impl<D: Driver> EventLoop<D> {
     /// Bind every endpoint of `cfg.listen` and set up the waker. `origin` is the
     /// instant that maps to `Time::ZERO` (the driver must use the same origin).
     pub fn new(cfg: RuntimeConfig, origin: Instant, driver: D) -> Result<Self, StartError> {
+        Self::new_with(cfg, origin, |_| driver)
+    }
+
+    /// Like [`EventLoop::new`], but the driver is built once the listeners are
+    /// bound, from their addresses (e.g. to announce them).
+    pub fn new_with(
+        cfg: RuntimeConfig,
+        origin: Instant,
+        make_driver: impl FnOnce(&[(Proto, SocketAddr)]) -> D,
+    ) -> Result<Self, StartError> {
         let io_err = |what: String| move |err| StartError::Io { what, err };
         let poll = Poll::new().map_err(io_err("creating the poller".into()))?;
         let waker = Arc::new(
@@ -180,6 +190,7 @@ impl<D: Driver> EventLoop<D> {
             ),
             None => None,
         };
+        let driver = make_driver(&listeners);
         Ok(EventLoop {
             poll,
             entries,
