@@ -148,12 +148,21 @@ impl TcpMapClient {
     /// HEARTBEAT chunks are handled on the way. Errors: `TimedOut`,
     /// `UnexpectedEof` (peer closed), `InvalidData` (framing error).
     pub fn recv(&mut self, timeout: Duration) -> io::Result<(u32, Vec<u8>)> {
+        self.recv_with(timeout, |p, m| (p, m.to_vec()))
+    }
+
+    /// Like [`recv`](Self::recv) but hands the message to `f` as a borrowed
+    /// slice: no allocation per message (benchmarks, high-rate clients).
+    pub fn recv_with<R>(
+        &mut self,
+        timeout: Duration,
+        mut f: impl FnMut(u32, &[u8]) -> R,
+    ) -> io::Result<R> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(m) = self.next_buffered()? {
-                return Ok(m);
+            if let Some(r) = self.try_recv_with(&mut f)? {
+                return Ok(r);
             }
-            // About to block: first send the ACKs we owe.
             self.flush()?;
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -180,8 +189,72 @@ impl TcpMapClient {
         }
     }
 
-    /// Decode buffered chunks until a DATA chunk (returned) or the buffer is dry.
-    fn next_buffered(&mut self) -> io::Result<Option<(u32, Vec<u8>)>> {
+    /// Wait until the socket has bytes to read (true) or `timeout` passes
+    /// (false), with sub-millisecond precision (ppoll), unlike a read timeout,
+    /// which the kernel rounds to its tick. Buffered messages are not looked at:
+    /// drain [`try_recv_with`](Self::try_recv_with) first. Owed ACKs are
+    /// written first.
+    pub fn wait_readable(&mut self, timeout: Duration) -> io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        self.flush()?;
+        let mut p = libc::pollfd {
+            fd: self.stream.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ts = libc::timespec {
+            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
+        };
+        loop {
+            // SAFETY: ppoll(2) on one pollfd and one timespec, both live for the
+            // call; a null signal mask pointer means "don't change the mask".
+            let rc = unsafe { libc::ppoll(&mut p, 1, &ts, std::ptr::null()) };
+            if rc >= 0 {
+                return Ok(rc > 0);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Read once from the socket into the receive buffer: for use after
+    /// [`wait_readable`](Self::wait_readable) returned true, then drain
+    /// [`try_recv_with`](Self::try_recv_with). Returns the bytes read (0 if
+    /// nothing was there after all); the peer closing is `UnexpectedEof`.
+    pub fn fill(&mut self) -> io::Result<usize> {
+        loop {
+            match self.stream.read(self.dec.spare()) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the peer closed the connection",
+                    ))
+                }
+                Ok(n) => {
+                    self.dec.commit(n);
+                    return Ok(n);
+                }
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::TimedOut =>
+                {
+                    return Ok(0)
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The next message if one is already buffered (never blocks, never reads
+    /// the socket), handed to `f` as a borrowed slice.
+    pub fn try_recv_with<R>(
+        &mut self,
+        mut f: impl FnMut(u32, &[u8]) -> R,
+    ) -> io::Result<Option<R>> {
         loop {
             let chunk = self
                 .dec
@@ -190,14 +263,14 @@ impl TcpMapClient {
             match chunk {
                 None => return Ok(None),
                 Some(ChunkRef::Data(d)) => {
-                    let m = (d.ppid.unwrap_or(0), d.payload.to_vec());
                     let tsn = d.tsn;
-                    let omit = self.dec.peer_init().is_some_and(|f| f.no_tsn());
+                    let r = f(d.ppid.unwrap_or(0), d.payload);
+                    let omit = self.dec.peer_init().is_some_and(|fl| fl.no_tsn());
                     let _ = Chunk::Ack {
                         cum_tsn: if omit { None } else { tsn },
                     }
                     .encode(&mut self.out);
-                    return Ok(Some(m));
+                    return Ok(Some(r));
                 }
                 Some(ChunkRef::Heartbeat { info }) => {
                     if self.answer_heartbeats {
