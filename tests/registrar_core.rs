@@ -1595,3 +1595,34 @@ mod prop {
         }
     }
 }
+
+#[test]
+fn large_answers_are_cut_to_fit_one_message() {
+    let mut h = H::new(quiet());
+    let c = h.connect(1);
+    // 200 PEs of ~1.3 KB each (60 IPv6 addresses): far beyond 64 KiB together.
+    let addrs: Vec<IpAddr> = (0..60u16)
+        .map(|i| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, i + 1)))
+        .collect();
+    for id in 1..=200 {
+        let mut p = pe(id, 5000, Policy::RoundRobin);
+        p.user_transport = sctp(5000, addrs.clone());
+        granted(&h.ask(c, &reg("Big", p)), "Big", id);
+    }
+    let u = h.connect(2);
+    let out = h.send(u, &resolve("Big", Some(u32::MAX), false));
+    let Output::Send { msg, .. } = &out[0] else {
+        panic!()
+    };
+    assert!(msg.len() <= 65535);
+    let n = elements(&asap(&out[0]).1).2.len();
+    assert!(n > 40 && n < 200, "{n} PEs");
+
+    // The table dump cuts chunks by size too, and still covers everything.
+    let mut seen = dump(&mut h, u, &mut |_, _| {});
+    seen.sort();
+    assert_eq!(seen.len(), 200);
+    seen.dedup();
+    assert_eq!(seen.len(), 200);
+    assert!(h.r.stats().handle_table_responses >= 4);
+}

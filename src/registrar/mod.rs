@@ -1267,3 +1267,48 @@ fn reject_cause(e: RegisterError, handle: &PoolHandle, pe: &PoolElement) -> Erro
     };
     ErrorCause::with_info(e.code, info)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn salvage_reads_handle_and_pe_id_only_from_sound_tlvs() {
+        let pe = PoolElement {
+            id: 0x0102_0304,
+            home: 0,
+            reg_life: 5,
+            user_transport: Transport::Tcp {
+                port: 1,
+                transport_use: 0,
+                addr: std::net::Ipv4Addr::LOCALHOST.into(),
+            },
+            policy: crate::wire::Policy::RoundRobin,
+            asap_transport: None,
+        };
+        let msg = AsapMessage::Registration {
+            pool_handle: "abc".into(),
+            pe,
+        }
+        .to_bytes();
+        assert_eq!(
+            salvage_registration(&msg),
+            Some((PoolHandle::from("abc"), 0x0102_0304))
+        );
+        // Every truncation: never a panic, never a wrong answer.
+        for n in 0..msg.len() {
+            if let Some((h, id)) = salvage_registration(&msg[..n]) {
+                assert_eq!((h.0.as_slice(), id), (&b"abc"[..], 0x0102_0304));
+            }
+        }
+        assert_eq!(salvage_registration(&[1, 0, 0, 8, 0, 9, 0, 2]), None);
+    }
+
+    #[test]
+    fn causes_are_bounded() {
+        let big = vec![ErrorCause::with_info(1, vec![0; 70_000]); 40];
+        let fit = fit_causes(big);
+        assert_eq!(fit.len(), 16);
+        assert!(fit.iter().all(|c| c.info.len() == 1024));
+    }
+}
