@@ -10,6 +10,7 @@
 
 pub mod handlespace;
 pub mod registrar;
+pub mod runtime;
 pub mod time;
 pub mod wire;
 

@@ -1,0 +1,164 @@
+//! The few libc calls the runtime needs: probing for kernel SCTP and turning
+//! SIGINT/SIGTERM into bytes on a pipe (the self-pipe trick).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// Whether this kernel offers SCTP sockets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SctpSupport {
+    /// `socket(AF_INET, SOCK_STREAM, IPPROTO_SCTP)` worked.
+    Available,
+    /// The kernel has no SCTP (EPROTONOSUPPORT / ESOCKTNOSUPPORT / EAFNOSUPPORT).
+    Missing,
+    /// Some other error, e.g. a seccomp filter or no file descriptors left.
+    Unknown(String),
+}
+
+impl SctpSupport {
+    /// True only for [`SctpSupport::Available`].
+    pub fn is_available(&self) -> bool {
+        matches!(self, SctpSupport::Available)
+    }
+}
+
+/// Probe for kernel SCTP by opening (and closing) a one-to-one SCTP socket.
+pub fn probe_sctp() -> SctpSupport {
+    // SAFETY: socket(2) takes plain integers and returns a new descriptor or -1;
+    // no memory is shared with the kernel.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP) };
+    if fd >= 0 {
+        // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        return SctpSupport::Available;
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EPROTONOSUPPORT) | Some(libc::ESOCKTNOSUPPORT) | Some(libc::EAFNOSUPPORT) => {
+            SctpSupport::Missing
+        }
+        _ => SctpSupport::Unknown(err.to_string()),
+    }
+}
+
+/// The write end of the signal pipe, read by the handler. -1 = none installed.
+static SIGNAL_PIPE_WR: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    let fd = SIGNAL_PIPE_WR.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let b = sig as u8;
+        // SAFETY: write(2) is async-signal-safe; `b` lives for the call. The pipe is
+        // non-blocking, so a full pipe loses the byte instead of hanging the
+        // handler (one pending byte is enough to wake the reader). errno is saved
+        // and restored so the interrupted code doesn't see it change.
+        unsafe {
+            let saved = *libc::__errno_location();
+            libc::write(fd, (&b as *const u8).cast(), 1);
+            *libc::__errno_location() = saved;
+        }
+    }
+}
+
+/// SIGINT/SIGTERM (or other signals) delivered as bytes on a non-blocking pipe.
+/// Register [`SignalPipe::fd`] with a poller (mio `SourceFd`, poll(2), ...), then
+/// call [`SignalPipe::drain`] to learn which signals arrived. One per process.
+#[derive(Debug)]
+pub struct SignalPipe {
+    rd: OwnedFd,
+    _wr: OwnedFd,
+}
+
+impl SignalPipe {
+    /// Create the pipe and install handlers for `signals`. Fails if one is
+    /// already installed in this process.
+    pub fn install(signals: &[libc::c_int]) -> io::Result<SignalPipe> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: pipe2(2) writes two descriptors into the 2-element array.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors were just created by pipe2 and are owned here only.
+        let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        if SIGNAL_PIPE_WR
+            .compare_exchange(-1, wr.as_raw_fd(), Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a signal pipe is already installed",
+            ));
+        }
+        for &sig in signals {
+            // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value; we set
+            // the handler to an extern "C" fn that only calls async-signal-safe
+            // functions, and sigaction(2) copies the struct.
+            let rc = unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = on_signal as *const () as usize;
+                sa.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut sa.sa_mask);
+                libc::sigaction(sig, &sa, std::ptr::null_mut())
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(SignalPipe { rd, _wr: wr })
+    }
+
+    /// The read end, to register with a poller.
+    pub fn fd(&self) -> RawFd {
+        self.rd.as_raw_fd()
+    }
+
+    /// Read every pending byte; returns the signals received (possibly none).
+    pub fn drain(&self) -> Vec<libc::c_int> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            // SAFETY: read(2) into a stack buffer of the given length.
+            let n = unsafe { libc::read(self.rd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n > 0 {
+                out.extend(buf[..n as usize].iter().map(|&b| libc::c_int::from(b)));
+                continue;
+            }
+            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return out;
+        }
+    }
+
+    /// Block until a signal byte arrives or `timeout` passes; returns the signals.
+    pub fn wait(&self, timeout: std::time::Duration) -> Vec<libc::c_int> {
+        let mut p = libc::pollfd {
+            fd: self.rd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: poll(2) on one pollfd that lives for the call.
+        unsafe { libc::poll(&mut p, 1, ms) };
+        self.drain()
+    }
+}
+
+impl Drop for SignalPipe {
+    fn drop(&mut self) {
+        // Handlers stay installed but stop writing before the pipe closes.
+        SIGNAL_PIPE_WR.store(-1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_does_not_fail_hard() {
+        // Whatever the kernel, the probe answers without panicking.
+        let _ = probe_sctp().is_available();
+    }
+}
