@@ -42,6 +42,20 @@ use crate::time::Time;
 pub struct ConnId(pub u64);
 
 impl ConnId {
+    /// The bit that marks ids a driver chose itself for the connections it
+    /// opens with [`Action::Connect`]; ids of accepted connections never have it.
+    pub const DRIVER_BIT: u64 = 1 << 63;
+
+    /// The driver-chosen id number `n` (for [`Action::Connect`]).
+    pub const fn driver(n: u64) -> ConnId {
+        ConnId(n | Self::DRIVER_BIT)
+    }
+
+    /// True for ids a driver chose ([`ConnId::driver`]).
+    pub const fn is_driver_chosen(self) -> bool {
+        self.0 & Self::DRIVER_BIT != 0
+    }
+
     pub(crate) fn new(index: usize, gen: u32) -> ConnId {
         ConnId((u64::from(gen) << 32) | index as u64)
     }
@@ -62,7 +76,8 @@ pub struct ConnMeta {
     pub remote: Vec<SocketAddr>,
     /// Our address.
     pub local: SocketAddr,
-    /// Which listener accepted it (its index in [`RuntimeConfig::listen`]).
+    /// Which listener accepted it (its index in [`RuntimeConfig::listen`]);
+    /// `usize::MAX` for a connection the driver opened.
     pub listener: usize,
 }
 
@@ -86,6 +101,18 @@ pub enum Action {
         /// Why (logged).
         reason: String,
     },
+    /// Open a TCP (TCP mapping) connection to `addr` under the id `conn`, which
+    /// the driver chose with [`ConnId::driver`]. The loop answers with
+    /// [`Driver::on_connected`] or [`Driver::on_connect_failed`] (also after
+    /// [`RuntimeConfig::connect_timeout`], or when `conn` is not a free
+    /// driver-chosen id). [`Action::Close`] on a connection still connecting
+    /// gives `on_connect_failed`.
+    Connect {
+        /// The id the driver will know the connection by.
+        conn: ConnId,
+        /// Where to connect.
+        addr: SocketAddr,
+    },
     /// Send this message to the configured announce group (dropped if none).
     Announce {
         /// The message (an ASAP_SERVER_ANNOUNCE).
@@ -104,6 +131,11 @@ pub trait Driver: Send + 'static {
     /// `conn` is gone (peer closed, error, timeout, or after [`Action::Close`]).
     /// Called exactly once per connection that got `on_connected`.
     fn on_closed(&mut self, conn: ConnId, now: Time);
+    /// A connection asked for with [`Action::Connect`] could not be opened.
+    /// Called exactly once per such connection that never got `on_connected`.
+    fn on_connect_failed(&mut self, conn: ConnId, now: Time) {
+        let _ = (conn, now);
+    }
     /// The deadline from [`Driver::poll_timeout`] has passed (possibly long ago).
     fn on_timeout(&mut self, now: Time);
     /// The next time `on_timeout` should be called.
@@ -141,6 +173,8 @@ pub struct RuntimeConfig {
     pub announce: Option<SocketAddr>,
     /// IP TTL / hop limit of announce datagrams.
     pub announce_ttl: u32,
+    /// How long an [`Action::Connect`] may take before it fails.
+    pub connect_timeout: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -155,6 +189,7 @@ impl Default for RuntimeConfig {
             max_connections: 16384,
             announce: None,
             announce_ttl: 1,
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -1,12 +1,13 @@
 //! The mio event loop that runs a [`Driver`].
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use mio::net::TcpListener;
+use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::conn::{ReadOutcome, TcpMapConn, Transport};
@@ -117,8 +118,19 @@ enum Entry {
 
 #[derive(Debug)]
 struct Conn {
+    /// The id the driver knows it by (runtime-assigned, or driver-chosen).
     id: ConnId,
+    /// The slab generation of its slot.
+    gen: u32,
     transport: Transport,
+    /// Set while an outbound connection is being established.
+    connecting: Option<Connecting>,
+}
+
+#[derive(Debug)]
+struct Connecting {
+    addr: SocketAddr,
+    deadline: Time,
 }
 
 /// The event loop. Build it with [`EventLoop::new`] (binds every listener, so
@@ -139,7 +151,11 @@ pub struct EventLoop<D: Driver> {
     ready: Vec<(usize, u32)>,
     /// Closes requested while draining actions.
     to_close: Vec<(ConnId, String)>,
+    /// Connects that failed at once, reported after the current action.
+    failed_connects: Vec<ConnId>,
     listeners: Vec<(Proto, SocketAddr)>,
+    /// Slots of the connections opened under driver-chosen ids.
+    aliases: HashMap<ConnId, (usize, u32)>,
     announce: Option<UdpSocket>,
     next_sweep: Time,
     n_conns: usize,
@@ -202,7 +218,9 @@ impl<D: Driver> EventLoop<D> {
             dirty: Vec::new(),
             ready: Vec::new(),
             to_close: Vec::new(),
+            failed_connects: Vec::new(),
             listeners,
+            aliases: HashMap::new(),
             announce,
             next_sweep: Time::ZERO,
             n_conns: 0,
@@ -324,6 +342,12 @@ impl<D: Driver> EventLoop<D> {
             Some(Entry::Listener { .. }) => self.accept(idx, now),
             Some(Entry::Conn(c)) => {
                 let id = c.id;
+                if c.connecting.is_some() {
+                    if readable || writable {
+                        self.connect_progress(id, now);
+                    }
+                    return;
+                }
                 if writable {
                     self.flush_one(id);
                 }
@@ -335,10 +359,145 @@ impl<D: Driver> EventLoop<D> {
         }
     }
 
+    /// The slab slot (index, generation) of a live connection.
+    fn slot(&self, id: ConnId) -> Option<(usize, u32)> {
+        if id.is_driver_chosen() {
+            self.aliases.get(&id).copied()
+        } else {
+            Some((id.index(), id.gen()))
+        }
+    }
+
+    fn conn_entry(&mut self, id: ConnId) -> Option<&mut Conn> {
+        let (idx, gen) = self.slot(id)?;
+        match self.entries.get_gen_mut(idx, gen) {
+            Some(Entry::Conn(c)) if c.id == id => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Start an outbound connection (Action::Connect).
+    fn connect(&mut self, conn: ConnId, addr: SocketAddr, now: Time) {
+        if !conn.is_driver_chosen() || self.aliases.contains_key(&conn) {
+            log(&format!(
+                "connect: {} is not a free driver-chosen id",
+                conn.0
+            ));
+            self.failed_connects.push(conn);
+            return;
+        }
+        if self.n_conns >= self.cfg.max_connections {
+            self.failed_connects.push(conn);
+            return;
+        }
+        let stream = match TcpStream::connect(addr) {
+            Ok(s) => s,
+            Err(e) => {
+                if verbose() {
+                    log(&format!("connect to {addr}: {e}"));
+                }
+                self.failed_connects.push(conn);
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let tcp = TcpMapConn::new(stream, &self.cfg, now);
+        let deadline = now + self.cfg.connect_timeout;
+        let slot = self.entries.insert_with(|_, g| {
+            Entry::Conn(Box::new(Conn {
+                id: conn,
+                gen: g,
+                transport: Transport::Tcp(tcp),
+                connecting: Some(Connecting { addr, deadline }),
+            }))
+        });
+        let Some(Entry::Conn(c)) = self.entries.get_mut(slot) else {
+            return;
+        };
+        let gen = c.gen;
+        let Transport::Tcp(t) = &mut c.transport;
+        if let Err(e) = self.poll.registry().register(
+            &mut t.stream,
+            Token(slot),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log(&format!("register connection to {addr}: {e}"));
+            self.entries.remove(slot);
+            self.failed_connects.push(conn);
+            return;
+        }
+        self.aliases.insert(conn, (slot, gen));
+        self.n_conns += 1;
+    }
+
+    /// Readiness on a connecting socket: connected, failed, or not yet.
+    fn connect_progress(&mut self, id: ConnId, now: Time) {
+        let Some(c) = self.conn_entry(id) else {
+            return;
+        };
+        let Transport::Tcp(t) = &mut c.transport;
+        let addr = match &c.connecting {
+            Some(k) => k.addr,
+            None => return,
+        };
+        match t.stream.take_error() {
+            Ok(None) => {}
+            Ok(Some(e)) | Err(e) => {
+                let reason = format!("connect to {addr}: {e}");
+                self.fail_connect(id, &reason, now);
+                return;
+            }
+        }
+        match t.stream.peer_addr() {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
+            Err(e) => {
+                let reason = format!("connect to {addr}: {e}");
+                self.fail_connect(id, &reason, now);
+                return;
+            }
+        }
+        let local = t.stream.local_addr().unwrap_or(addr);
+        c.connecting = None;
+        // WRITABLE interest stays registered; flush_one drops it when idle.
+        t.want_write = true;
+        self.dirty.push(id); // our INIT, and anything the driver queued early
+        let meta = ConnMeta {
+            proto: Proto::Tcp,
+            remote: vec![addr],
+            local,
+            listener: usize::MAX,
+        };
+        self.driver.on_connected(id, &meta, now);
+        self.drain(now);
+        self.read(id, now);
+    }
+
+    /// Give up on a connecting socket.
+    fn fail_connect(&mut self, id: ConnId, reason: &str, now: Time) {
+        let Some((idx, gen)) = self.slot(id) else {
+            return;
+        };
+        let Some(Entry::Conn(_)) = self.entries.get_gen_mut(idx, gen) else {
+            return;
+        };
+        if let Some(Entry::Conn(mut c)) = self.entries.remove(idx) {
+            let Transport::Tcp(t) = &mut c.transport;
+            let _ = self.poll.registry().deregister(&mut t.stream);
+        }
+        self.aliases.remove(&id);
+        self.n_conns -= 1;
+        if verbose() {
+            log(&format!("connection {} failed: {reason}", id.0));
+        }
+        self.driver.on_connect_failed(id, now);
+        self.drain(now);
+    }
+
     fn resume(&mut self, idx: usize, gen: u32, now: Time) {
         match self.entries.get(idx) {
             Some(Entry::Listener { .. }) => self.accept(idx, now),
-            Some(Entry::Conn(c)) if c.id.gen() == gen => {
+            Some(Entry::Conn(c)) if c.gen == gen && c.connecting.is_none() => {
                 let id = c.id;
                 self.read(id, now);
             }
@@ -347,10 +506,7 @@ impl<D: Driver> EventLoop<D> {
     }
 
     fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
-        match self.entries.get_gen_mut(id.index(), id.gen()) {
-            Some(Entry::Conn(c)) => Some(c),
-            _ => None,
-        }
+        self.conn_entry(id)
     }
 
     fn accept(&mut self, idx: usize, now: Time) {
@@ -373,7 +529,9 @@ impl<D: Driver> EventLoop<D> {
                     let slot = self.entries.insert_with(|i, g| {
                         Entry::Conn(Box::new(Conn {
                             id: ConnId::new(i, g),
+                            gen: g,
                             transport: Transport::Tcp(conn),
+                            connecting: None,
                         }))
                     });
                     let Some(Entry::Conn(c)) = self.entries.get_mut(slot) else {
@@ -418,9 +576,12 @@ impl<D: Driver> EventLoop<D> {
     }
 
     fn read(&mut self, id: ConnId, now: Time) {
+        let Some((idx, gen)) = self.slot(id) else {
+            return;
+        };
         let cfg = &self.cfg;
-        let outcome = match self.entries.get_gen_mut(id.index(), id.gen()) {
-            Some(Entry::Conn(c)) => match &mut c.transport {
+        let outcome = match self.entries.get_gen_mut(idx, gen) {
+            Some(Entry::Conn(c)) if c.connecting.is_none() => match &mut c.transport {
                 Transport::Tcp(t) => {
                     if t.read_paused {
                         return; // resumed by flush_one when the backlog drains
@@ -438,10 +599,10 @@ impl<D: Driver> EventLoop<D> {
         match outcome {
             ReadOutcome::Drained => {}
             ReadOutcome::Yielded => {
-                if let Some(Entry::Conn(c)) = self.entries.get(id.index()) {
+                if let Some(Entry::Conn(c)) = self.entries.get(idx) {
                     let Transport::Tcp(t) = &c.transport;
                     if !t.read_paused {
-                        self.ready.push((id.index(), id.gen()));
+                        self.ready.push((idx, gen));
                     }
                 }
             }
@@ -459,7 +620,13 @@ impl<D: Driver> EventLoop<D> {
     fn drain(&mut self, now: Time) {
         loop {
             while let Some(a) = self.driver.poll_action() {
-                self.apply(a);
+                self.apply(a, now);
+            }
+            if !self.failed_connects.is_empty() {
+                for id in std::mem::take(&mut self.failed_connects) {
+                    self.driver.on_connect_failed(id, now);
+                }
+                continue;
             }
             if self.to_close.is_empty() {
                 return;
@@ -471,7 +638,7 @@ impl<D: Driver> EventLoop<D> {
         }
     }
 
-    fn apply(&mut self, a: Action) {
+    fn apply(&mut self, a: Action, now: Time) {
         match a {
             Action::Send { conn, ppid, msg } => {
                 let max = self.cfg.max_write_buffer;
@@ -491,6 +658,7 @@ impl<D: Driver> EventLoop<D> {
                 }
             }
             Action::Close { conn, reason } => self.to_close.push((conn, reason)),
+            Action::Connect { conn, addr } => self.connect(conn, addr, now),
             Action::Announce { msg } => {
                 if let (Some(sock), Some(group)) = (&self.announce, self.cfg.announce) {
                     match sock.send_to(&msg, group) {
@@ -504,12 +672,20 @@ impl<D: Driver> EventLoop<D> {
     }
 
     fn close(&mut self, id: ConnId, reason: &str, now: Time) {
-        let Some(Entry::Conn(_)) = self.entries.get_gen_mut(id.index(), id.gen()) else {
+        let Some(c) = self.conn_entry(id) else {
             return; // already closed
         };
-        let Some(Entry::Conn(mut c)) = self.entries.remove(id.index()) else {
+        if c.connecting.is_some() {
+            self.fail_connect(id, reason, now);
+            return;
+        }
+        let Some((idx, _)) = self.slot(id) else {
             return;
         };
+        let Some(Entry::Conn(mut c)) = self.entries.remove(idx) else {
+            return;
+        };
+        self.aliases.remove(&id);
         let Transport::Tcp(t) = &mut c.transport;
         // Best effort: whatever fits in the socket buffer now (e.g. an error reply).
         let _ = t.flush();
@@ -546,10 +722,16 @@ impl<D: Driver> EventLoop<D> {
     /// resume reading a paused connection once its backlog is low again.
     fn flush_one(&mut self, id: ConnId) {
         let half = self.cfg.max_write_buffer / 2;
-        let registry = self.poll.registry();
-        let Some(Entry::Conn(c)) = self.entries.get_gen_mut(id.index(), id.gen()) else {
+        let Some((idx, gen)) = self.slot(id) else {
             return;
         };
+        let registry = self.poll.registry();
+        let Some(Entry::Conn(c)) = self.entries.get_gen_mut(idx, gen) else {
+            return;
+        };
+        if c.connecting.is_some() {
+            return; // flushed once connected
+        }
         let Transport::Tcp(t) = &mut c.transport;
         match t.flush() {
             Ok(backlog) => {
@@ -560,8 +742,7 @@ impl<D: Driver> EventLoop<D> {
                     } else {
                         Interest::READABLE
                     };
-                    if let Err(e) = registry.reregister(&mut t.stream, Token(id.index()), interest)
-                    {
+                    if let Err(e) = registry.reregister(&mut t.stream, Token(idx), interest) {
                         self.to_close.push((id, format!("reregister: {e}")));
                         return;
                     }
@@ -569,7 +750,7 @@ impl<D: Driver> EventLoop<D> {
                 }
                 if t.read_paused && backlog <= half {
                     t.read_paused = false;
-                    self.ready.push((id.index(), id.gen()));
+                    self.ready.push((idx, gen));
                 }
             }
             Err(e) => self.to_close.push((id, format!("write: {e}"))),
@@ -590,6 +771,13 @@ impl<D: Driver> EventLoop<D> {
                 None => continue,
             };
             let id = c.id;
+            if let Some(k) = &c.connecting {
+                if now >= k.deadline {
+                    let reason = format!("connect to {}: timed out", k.addr);
+                    self.fail_connect(id, &reason, now);
+                }
+                continue;
+            }
             let Transport::Tcp(t) = &mut c.transport;
             match t.tick(now, &self.cfg) {
                 Ok(false) => {}

@@ -296,3 +296,134 @@ fn a_peer_that_does_not_read_is_cut_off() {
         }
     }
 }
+
+/// Opens connections on request; sends "hello" once connected; records events.
+#[derive(Default)]
+struct Dialer {
+    out: VecDeque<Action>,
+    connected: Vec<(ConnId, ConnMeta)>,
+    failed: Vec<ConnId>,
+    closed: Vec<ConnId>,
+    received: Vec<(ConnId, Vec<u8>)>,
+}
+
+impl Driver for Dialer {
+    fn on_connected(&mut self, conn: ConnId, meta: &ConnMeta, _: Time) {
+        self.connected.push((conn, meta.clone()));
+        self.out.push_back(Action::Send {
+            conn,
+            ppid: 11,
+            msg: b"hello".to_vec(),
+        });
+    }
+    fn on_message(&mut self, conn: ConnId, _: u32, msg: &[u8], _: Time) {
+        self.received.push((conn, msg.to_vec()));
+    }
+    fn on_closed(&mut self, conn: ConnId, _: Time) {
+        self.closed.push(conn);
+    }
+    fn on_connect_failed(&mut self, conn: ConnId, _: Time) {
+        self.failed.push(conn);
+    }
+    fn on_timeout(&mut self, _: Time) {}
+    fn poll_timeout(&self) -> Option<Time> {
+        None
+    }
+    fn poll_action(&mut self) -> Option<Action> {
+        self.out.pop_front()
+    }
+}
+
+fn start_dialer() -> (LoopHandle<Dialer>, JoinHandle<()>) {
+    let mut ev = EventLoop::new(RuntimeConfig::default(), Instant::now(), Dialer::default())
+        .expect("loop starts");
+    let h = ev.handle();
+    let t = std::thread::spawn(move || ev.run().unwrap());
+    (h, t)
+}
+
+#[test]
+fn outbound_connection_speaks_the_tcp_mapping() {
+    let server = Running::start(RuntimeConfig::default());
+    let (h, t) = start_dialer();
+    let id = ConnId::driver(7);
+    let addr = server.addr;
+    assert!(h.call(move |d, _| d.out.push_back(Action::Connect { conn: id, addr })));
+    // The echo server answers our "hello" on the new connection.
+    wait_for(|| {
+        h.query(T, |d, _| d.received.clone())
+            .unwrap()
+            .contains(&(id, b"hello".to_vec()))
+    });
+    let (connected, failed) = h
+        .query(T, |d, _| (d.connected.clone(), d.failed.clone()))
+        .unwrap();
+    assert_eq!(connected.len(), 1);
+    assert_eq!(connected[0].0, id);
+    assert_eq!(connected[0].1.remote, vec![addr]);
+    assert_eq!(connected[0].1.listener, usize::MAX);
+    assert!(failed.is_empty());
+    assert_eq!(server.counts().0, 1);
+    // Closing it reaches both sides.
+    assert!(h.call(move |d, _| d.out.push_back(Action::Close {
+        conn: id,
+        reason: "done".into()
+    })));
+    wait_for(|| h.query(T, |d, _| d.closed.clone()).unwrap() == vec![id]);
+    wait_for(|| server.counts().1 == 1);
+    // The id is free again: connecting under it works once more.
+    assert!(h.call(move |d, _| d.out.push_back(Action::Connect { conn: id, addr })));
+    wait_for(|| h.query(T, |d, _| d.connected.len()).unwrap() == 2);
+    h.stop();
+    t.join().unwrap();
+}
+
+#[test]
+fn failed_and_invalid_connects_are_reported_once() {
+    // A port nobody listens on: bind, learn the port, close.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let server = Running::start(RuntimeConfig::default());
+    let live_addr = server.addr;
+    let (h, t) = start_dialer();
+    let refused = ConnId::driver(1);
+    let not_driver = ConnId(5);
+    let dup = ConnId::driver(2);
+    assert!(h.call(move |d, _| {
+        d.out.push_back(Action::Connect {
+            conn: refused,
+            addr: dead_addr,
+        });
+        d.out.push_back(Action::Connect {
+            conn: not_driver,
+            addr: live_addr,
+        });
+        d.out.push_back(Action::Connect {
+            conn: dup,
+            addr: live_addr,
+        });
+        d.out.push_back(Action::Connect {
+            conn: dup,
+            addr: live_addr,
+        });
+    }));
+    wait_for(|| {
+        let (f, c) = h
+            .query(T, |d, _| (d.failed.clone(), d.connected.len()))
+            .unwrap();
+        f.len() == 3 && c == 1
+    });
+    let mut failed = h.query(T, |d, _| d.failed.clone()).unwrap();
+    failed.sort();
+    let mut want = vec![refused, not_driver, dup];
+    want.sort();
+    assert_eq!(
+        failed, want,
+        "refused, non-driver id, and the second use of an id"
+    );
+    let connected = h.query(T, |d, _| d.connected.clone()).unwrap();
+    assert_eq!(connected[0].0, dup);
+    h.stop();
+    t.join().unwrap();
+}
