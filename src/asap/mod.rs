@@ -68,8 +68,13 @@
 //! - **Giving up** on a PE that was never registered is final
 //!   ([`Event::RegistrationFailed`], the handle is dead). A PE that was
 //!   registered before is never given up while the application wants it:
-//!   the client reports [`Event::RegistrationLost`] and keeps trying (next T4,
-//!   next home); [`Event::Registered`] comes again when it succeeds.
+//!   the client reports [`Event::RegistrationLost`] and keeps trying (after
+//!   `min(T4, T2)`, and at once at a new home); [`Event::Registered`] comes
+//!   again when it succeeds.
+//! - **Refresh attempts fit in the life**: re-registering a registered PE,
+//!   each attempt waits `min(T2, (life − T4) / MAX-REG-ATTEMPT)` (at least
+//!   1 s). With the RFC defaults and a short life T4 leaves 20 s while T2 is
+//!   30 s, so one lost refresh would otherwise let the PE lapse.
 //! - **Rejections**: cause 0x4 (PE id in use) for a PE whose id the client
 //!   chose and that was never registered is fixed by drawing a new id (one
 //!   more attempt); every other cause is final. A rejected re-registration
@@ -1437,10 +1442,30 @@ impl Client {
         } else {
             p.attempts.saturating_add(1)
         };
+        let Some(t2) = self.pes.get(&h).map(|p| self.t2_for(p)) else {
+            return;
+        };
         self.timers.cancel(&Timer::Reregister(h));
-        self.timers
-            .set(Timer::PeOp(h), self.now + self.config.t2_registration);
+        self.timers.set(Timer::PeOp(h), self.now + t2);
         self.send_registration(h);
+    }
+
+    /// T2 for one attempt: the configured value, but when refreshing a
+    /// registered PE at most `(life − T4) / MAX-REG-ATTEMPT` (not below 1 s),
+    /// so every attempt fits in what is left of the life. (With the RFC
+    /// defaults and a short life, T4 leaves 20 s while T2 is 30 s: one lost
+    /// refresh would let the PE lapse.)
+    fn t2_for(&self, p: &Pe) -> Duration {
+        let t2 = self.config.t2_registration;
+        if !p.granted {
+            return t2;
+        }
+        let Some(life) = self.config.life(p.reg_life) else {
+            return t2;
+        };
+        let t4 = self.config.t4_reregistration.interval(Some(life));
+        let left = life.saturating_sub(t4) / self.config.max_reg_attempt.max(1);
+        t2.min(left.max(Duration::from_secs(1)))
     }
 
     fn send_registration(&mut self, h: PeHandle) {
@@ -1615,7 +1640,13 @@ impl Client {
                             error: AsapError::Timeout,
                         });
                     }
-                    self.arm_t4(h);
+                    // Not registered now: try again sooner than T4.
+                    let iv = self
+                        .config
+                        .t4_reregistration
+                        .interval(self.config.life(p.reg_life))
+                        .min(self.config.t2_registration);
+                    self.timers.set(Timer::Reregister(h), self.now + iv);
                 }
             }
             Phase::Registering => {
