@@ -1070,3 +1070,92 @@ fn unsolicited_deregistration_response_triggers_a_reregistration() {
     ));
     assert_eq!(c.stats().unsolicited_deregistrations, 1);
 }
+
+#[test]
+fn rsplib_profiles_interoperate() {
+    let mut sim = Sim::new(SimConfig::default());
+    let r = sim.add_registrar(
+        RegistrarConfig {
+            idle_timeout: Duration::ZERO,
+            ..RegistrarConfig::rsplib_profile()
+        },
+        0x5151,
+    );
+    let c = sim.add_client(
+        ClientConfig {
+            registrars: vec![registrar_addr(r)],
+            ..ClientConfig::rsplib_profile()
+        },
+        1,
+    );
+    // Learn the registrar's id from its first announce before registering.
+    sim.run_for(Duration::from_millis(10));
+    // RSPLIB: life 3 × 30 000 ms, re-registration every 30 s.
+    let pe = register(&mut sim, c, "rsp", Policy::LeastUsed { load: 0 }, 90_000);
+    sim.run_for(SECS(301));
+    let id = sim.client(c).pe_id(pe).unwrap();
+    let stored = sim.registrar(r).pool_element(&pool("rsp"), id).unwrap();
+    assert_eq!(stored.reg_life, 90_000);
+    let regs: Vec<AsapMessage> = sim
+        .sent
+        .iter()
+        .filter(|s| s.from == Node::Client(c) && s.msg_type == asap_type::REGISTRATION)
+        .map(|s| AsapMessage::decode(&s.bytes).unwrap().msg)
+        .collect();
+    assert_eq!(regs.len(), 11, "one at 0 s, then every 30 s");
+    // The home id is filled in, as RSPLIB does; keep-alives then carry the
+    // PE id and are answered.
+    assert!(regs
+        .iter()
+        .all(|m| matches!(m, AsapMessage::Registration { pe, .. } if pe.home == 0x5151)));
+    let st = sim.registrar(r).stats();
+    assert!(st.keep_alives_sent > 40);
+    assert_eq!(st.keep_alive_failures, 0);
+    no_errors(&sim, c);
+}
+
+#[test]
+fn unreachable_reports_are_rate_limited() {
+    let cfg = ClientConfig {
+        unreachable_rate: rserpool::asap::RateLimit {
+            per_sec: 1,
+            burst: 2,
+        },
+        ..ClientConfig::default()
+    };
+    let mut c = Client::new(cfg, 3, Time::ZERO);
+    let conn = c.handle_accepted(registrar_addr(0), Time::ZERO);
+    // Make it home through a keep-alive with H=1 for a PE of ours.
+    c.register(
+        pool("p"),
+        transport(1),
+        Policy::RoundRobin,
+        30,
+        RegisterOptions::default(),
+        Time::ZERO,
+    )
+    .unwrap();
+    let ka = AsapMessage::EndpointKeepAlive {
+        home: true,
+        server_id: 9,
+        pool_handle: pool("p"),
+        pe_id: None,
+    };
+    c.handle_message(conn, 11, &ka.to_bytes(), Time::ZERO);
+    assert_eq!(c.home(), Some((registrar_addr(0), Some(9))));
+    while c.poll_output().is_some() {}
+    let p = pool("q");
+    assert!(c.report_unreachable(&p, 1, Time::ZERO));
+    assert!(c.report_unreachable(&p, 2, Time::ZERO));
+    assert!(!c.report_unreachable(&p, 3, Time::ZERO));
+    assert!(!c.report_unreachable(&p, 1, Time::ZERO), "same incident");
+    assert!(c.report_unreachable(&p, 4, Time::from_secs(1)));
+    let sent = std::iter::from_fn(|| c.poll_output())
+        .filter(|o| matches!(o, Output::Send { conn: x, msg, .. } if *x == conn && msg[0] == asap_type::ENDPOINT_UNREACHABLE))
+        .count();
+    assert_eq!(sent, 3);
+    assert_eq!(c.stats().reports_rate_limited, 1);
+    assert_eq!(c.stats().reports_suppressed, 1);
+    // The incident ends after the hold-off: PE 1 may be reported again.
+    assert!(c.report_unreachable(&p, 1, Time::from_secs(11)));
+}
