@@ -8,6 +8,7 @@
 //! - `ffi`: the C ABI (`rserpool_*`), a thin shell over the above.
 #![warn(missing_debug_implementations)]
 
+pub mod asap;
 pub mod handlespace;
 pub mod registrar;
 pub mod runtime;
