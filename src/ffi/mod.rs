@@ -1,7 +1,7 @@
 //! The C ABI: every `extern "C"` function of the library lives below this module.
 //!
 //! Rules every function here follows (they are repeated in the header):
-//! - its whole body runs inside [`guard`], so no panic crosses into C;
+//! - its whole body runs inside the panic guard (`guard`), so no panic crosses into C;
 //! - every pointer is checked before use, and buffers come with explicit lengths;
 //! - output parameters are written only on success unless documented otherwise;
 //! - results are `int`: [`RserpoolErr::Ok`] (0) or a negative, stable code.
