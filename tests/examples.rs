@@ -4,12 +4,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-fn lib_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_rserpool"))
-        .parent()
-        .expect("binary directory")
-        .to_path_buf()
-}
+mod common;
+use common::lib_dir;
 
 fn make(dir: &str) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

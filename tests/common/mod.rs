@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -278,4 +279,28 @@ pub fn cli(args: &[&str]) -> (i32, String, String) {
 
 pub fn handle(s: &str) -> PoolHandle {
     s.into()
+}
+
+/// The directory holding the `librserpool.so` and `librserpool.a` that cargo built
+/// for this test run.
+///
+/// `cargo test` leaves them in `target/<profile>/deps/` (only `cargo build` copies
+/// them up to `target/<profile>/`), so that directory comes first: it is always
+/// the library of the sources under test, never a stale earlier build.
+pub fn lib_dir() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_rserpool"));
+    let profile = bin.parent().expect("binary has a directory").to_path_buf();
+    let has_libs =
+        |d: &PathBuf| d.join("librserpool.so").exists() && d.join("librserpool.a").exists();
+    let deps = profile.join("deps");
+    if has_libs(&deps) {
+        return deps;
+    }
+    assert!(
+        has_libs(&profile),
+        "librserpool.so/.a not found in {} or {}",
+        deps.display(),
+        profile.display()
+    );
+    profile
 }
