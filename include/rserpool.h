@@ -69,23 +69,50 @@
  */
 #define RSERPOOL_TRANSPORT_USE_DATA_PLUS_CONTROL 1
 
+/**
+ * Policy Round Robin (RFC 5356 §4.1): no values.
+ */
+#define RSERPOOL_POLICY_ROUND_ROBIN 1
 
+/**
+ * Policy Weighted Round Robin: `weight`.
+ */
+#define RSERPOOL_POLICY_WEIGHTED_ROUND_ROBIN 2
 
+/**
+ * Policy Random: no values.
+ */
+#define RSERPOOL_POLICY_RANDOM 3
 
+/**
+ * Policy Weighted Random: `weight`.
+ */
+#define RSERPOOL_POLICY_WEIGHTED_RANDOM 4
 
+/**
+ * Policy Priority: `priority`.
+ */
+#define RSERPOOL_POLICY_PRIORITY 5
 
+/**
+ * Policy Least Used: `load`.
+ */
+#define RSERPOOL_POLICY_LEAST_USED 1073741825
 
+/**
+ * Policy Least Used with Degradation: `load`, `degradation`.
+ */
+#define RSERPOOL_POLICY_LEAST_USED_DEGRADATION 1073741826
 
+/**
+ * Policy Priority Least Used: `load`, `degradation`.
+ */
+#define RSERPOOL_POLICY_PRIORITY_LEAST_USED 1073741827
 
-
-
-
-
-
-
-
-
-
+/**
+ * Policy Randomized Least Used: `load`.
+ */
+#define RSERPOOL_POLICY_RANDOMIZED_LEAST_USED 1073741828
 
 /**
  * Timer T1-ENRPrequest: guards a handle resolution (default 15 s).

@@ -273,10 +273,7 @@ impl ClientHandler for Waiters {
                 }
             }
             Event::Resolved {
-                request,
-                pool,
-                result,
-                ..
+                request, result, ..
             } => {
                 let Some(waiting) = self.selecting.remove(&request) else {
                     return;
@@ -287,13 +284,17 @@ impl ClientHandler for Waiters {
                         Err(e) => {
                             let _ = tx.send(Err(map_err(e.clone(), client)));
                         }
-                        Ok(_) => {
-                            let sel = client.get_primary_server(&p, now);
-                            self.select(p, sel, client, tx);
-                        }
+                        Ok(_) => match client.get_primary_server(&p, now) {
+                            // A fresh answer and still nothing to offer (e.g. with
+                            // a stale-cache age of 0): every PE listed is in an
+                            // unreachability incident. Asking again would loop.
+                            Selection::Pending(_) => {
+                                let _ = tx.send(Err(Error::NoUsableElement));
+                            }
+                            sel => self.select(p, sel, client, tx),
+                        },
                     }
                 }
-                let _ = pool;
             }
             Event::RegistrationLost { .. }
             | Event::PoolUpdate { .. }

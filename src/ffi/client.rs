@@ -16,6 +16,20 @@ use crate::api::{self, Config, Context, PeParams, ServerInfo};
 use crate::asap::{ClientConfig, PeStatus, RegLifeUnit, T4Rule};
 use crate::wire::{policy_type, Policy, PoolHandle, Transport};
 
+// The RSERPOOL_POLICY_* values are written out (cbindgen emits literals
+// only); this keeps them equal to the codec's.
+const _: () = {
+    assert!(RSERPOOL_POLICY_ROUND_ROBIN == policy_type::ROUND_ROBIN);
+    assert!(RSERPOOL_POLICY_WEIGHTED_ROUND_ROBIN == policy_type::WEIGHTED_ROUND_ROBIN);
+    assert!(RSERPOOL_POLICY_RANDOM == policy_type::RANDOM);
+    assert!(RSERPOOL_POLICY_WEIGHTED_RANDOM == policy_type::WEIGHTED_RANDOM);
+    assert!(RSERPOOL_POLICY_PRIORITY == policy_type::PRIORITY);
+    assert!(RSERPOOL_POLICY_LEAST_USED == policy_type::LEAST_USED);
+    assert!(RSERPOOL_POLICY_LEAST_USED_DEGRADATION == policy_type::LEAST_USED_DEGRADATION);
+    assert!(RSERPOOL_POLICY_PRIORITY_LEAST_USED == policy_type::PRIORITY_LEAST_USED);
+    assert!(RSERPOOL_POLICY_RANDOMIZED_LEAST_USED == policy_type::RANDOMIZED_LEAST_USED);
+};
+
 /// A client configuration under construction (opaque). Create it with
 /// `rserpool_config_new`, free it with `rserpool_config_free`. The pointer
 /// value is a handle, not an address: see "Handles" in `rserpool_context_new`.
@@ -56,23 +70,23 @@ pub const RSERPOOL_TRANSPORT_USE_DATA_ONLY: u16 = 0;
 pub const RSERPOOL_TRANSPORT_USE_DATA_PLUS_CONTROL: u16 = 1;
 
 /// Policy Round Robin (RFC 5356 §4.1): no values.
-pub const RSERPOOL_POLICY_ROUND_ROBIN: u32 = policy_type::ROUND_ROBIN;
+pub const RSERPOOL_POLICY_ROUND_ROBIN: u32 = 0x0000_0001;
 /// Policy Weighted Round Robin: `weight`.
-pub const RSERPOOL_POLICY_WEIGHTED_ROUND_ROBIN: u32 = policy_type::WEIGHTED_ROUND_ROBIN;
+pub const RSERPOOL_POLICY_WEIGHTED_ROUND_ROBIN: u32 = 0x0000_0002;
 /// Policy Random: no values.
-pub const RSERPOOL_POLICY_RANDOM: u32 = policy_type::RANDOM;
+pub const RSERPOOL_POLICY_RANDOM: u32 = 0x0000_0003;
 /// Policy Weighted Random: `weight`.
-pub const RSERPOOL_POLICY_WEIGHTED_RANDOM: u32 = policy_type::WEIGHTED_RANDOM;
+pub const RSERPOOL_POLICY_WEIGHTED_RANDOM: u32 = 0x0000_0004;
 /// Policy Priority: `priority`.
-pub const RSERPOOL_POLICY_PRIORITY: u32 = policy_type::PRIORITY;
+pub const RSERPOOL_POLICY_PRIORITY: u32 = 0x0000_0005;
 /// Policy Least Used: `load`.
-pub const RSERPOOL_POLICY_LEAST_USED: u32 = policy_type::LEAST_USED;
+pub const RSERPOOL_POLICY_LEAST_USED: u32 = 0x4000_0001;
 /// Policy Least Used with Degradation: `load`, `degradation`.
-pub const RSERPOOL_POLICY_LEAST_USED_DEGRADATION: u32 = policy_type::LEAST_USED_DEGRADATION;
+pub const RSERPOOL_POLICY_LEAST_USED_DEGRADATION: u32 = 0x4000_0002;
 /// Policy Priority Least Used: `load`, `degradation`.
-pub const RSERPOOL_POLICY_PRIORITY_LEAST_USED: u32 = policy_type::PRIORITY_LEAST_USED;
+pub const RSERPOOL_POLICY_PRIORITY_LEAST_USED: u32 = 0x4000_0003;
 /// Policy Randomized Least Used: `load`.
-pub const RSERPOOL_POLICY_RANDOMIZED_LEAST_USED: u32 = policy_type::RANDOMIZED_LEAST_USED;
+pub const RSERPOOL_POLICY_RANDOMIZED_LEAST_USED: u32 = 0x4000_0004;
 
 /// Timer T1-ENRPrequest: guards a handle resolution (default 15 s).
 pub const RSERPOOL_TIMER_T1_REQUEST: u32 = 1;
