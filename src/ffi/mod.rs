@@ -6,9 +6,11 @@
 //! - output parameters are written only on success unless documented otherwise;
 //! - results are `int`: [`RserpoolErr::Ok`] (0) or a negative, stable code.
 
+pub mod client;
 mod decode;
 pub mod error;
 mod guard;
+mod handles;
 mod version;
 
 pub use decode::{RSERPOOL_PPID_ASAP, RSERPOOL_PPID_ENRP};

@@ -5,8 +5,8 @@
 //! command queue for other threads, and a [`Driver`]: the sans-IO protocol core
 //! that decides what to say. The loop feeds the driver network events and time
 //! (`on_*`), then drains its [`Action`]s and carries them out. The registrar
-//! is one driver ([`registrar::RegistrarDriver`]); the PE/PU client library will
-//! be another.
+//! is one driver ([`registrar::RegistrarDriver`]); the PE/PU client library
+//! ([`client::ClientDriver`]) is another.
 //!
 //! Transports: TCP with the TCP mapping shim (digest §10) is implemented in
 //! `conn`. Kernel SCTP is detected ([`probe_sctp`]) but not yet implemented; a
@@ -21,6 +21,7 @@ mod reactor;
 mod slab;
 
 pub mod blocking;
+pub mod client;
 pub mod registrar;
 pub mod sys;
 pub mod url;
