@@ -51,8 +51,6 @@ fn decode_example_builds_and_decodes() {
     }
 }
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
