@@ -339,3 +339,78 @@ impl TcpMapClient {
         }
     }
 }
+
+/// A blocking ASAP/ENRP client over either transport, chosen by URL:
+/// `tcp://` (TCP mapping) or `sctp://` (kernel SCTP, all hosts of the URL as
+/// one multi-homed peer).
+#[derive(Debug)]
+pub enum Client {
+    /// TCP mapping.
+    Tcp(TcpMapClient),
+    /// Kernel SCTP.
+    Sctp(super::sctp::SctpClient),
+}
+
+impl Client {
+    /// Connect to `url` within `timeout`.
+    pub fn connect_url(url: &super::EndpointUrl, timeout: Duration) -> io::Result<Client> {
+        match url.proto {
+            super::Proto::Tcp => TcpMapClient::connect(url.first(), timeout).map(Client::Tcp),
+            super::Proto::Sctp => {
+                super::sctp::SctpClient::connect(&url.socket_addrs(), timeout).map(Client::Sctp)
+            }
+        }
+    }
+
+    /// Send one message with `ppid`.
+    pub fn send(&mut self, ppid: u32, msg: &[u8]) -> io::Result<()> {
+        match self {
+            Client::Tcp(c) => c.send(ppid, msg),
+            Client::Sctp(c) => c.send(ppid, msg),
+        }
+    }
+
+    /// The next message (PPID, bytes), waiting at most `timeout`.
+    pub fn recv(&mut self, timeout: Duration) -> io::Result<(u32, Vec<u8>)> {
+        match self {
+            Client::Tcp(c) => c.recv(timeout),
+            Client::Sctp(c) => c.recv(timeout),
+        }
+    }
+
+    /// Send an ASAP message (PPID 11).
+    pub fn send_asap(&mut self, msg: &AsapMessage) -> io::Result<()> {
+        self.send(ppid::ASAP, &msg.to_bytes())
+    }
+
+    /// Send an ENRP message (PPID 12).
+    pub fn send_enrp(&mut self, msg: &EnrpMessage) -> io::Result<()> {
+        self.send(ppid::ENRP, &msg.to_bytes())
+    }
+
+    /// The next ASAP message, skipping other PPIDs.
+    pub fn recv_asap(&mut self, timeout: Duration) -> io::Result<AsapMessage> {
+        match self {
+            Client::Tcp(c) => c.recv_asap(timeout),
+            Client::Sctp(c) => c.recv_asap(timeout),
+        }
+    }
+
+    /// The next ENRP message, skipping other PPIDs.
+    pub fn recv_enrp(&mut self, timeout: Duration) -> io::Result<EnrpMessage> {
+        match self {
+            Client::Tcp(c) => c.recv_enrp(timeout),
+            Client::Sctp(c) => c.recv_enrp(timeout),
+        }
+    }
+
+    /// Send an ASAP request and wait for the next ASAP message.
+    pub fn request_asap(
+        &mut self,
+        msg: &AsapMessage,
+        timeout: Duration,
+    ) -> io::Result<AsapMessage> {
+        self.send_asap(msg)?;
+        self.recv_asap(timeout)
+    }
+}

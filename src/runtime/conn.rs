@@ -1,10 +1,17 @@
 //! One connection's transport state. TCP carries the TCP mapping shim (digest
-//! §10); kernel SCTP will be a second [`Transport`] variant.
+//! §10); kernel SCTP carries each message as one SCTP user message
+//! ([`SctpConn`]). The event loop talks to both through [`Transport`].
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 
 use mio::net::TcpStream;
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
 
+use super::sctp::{Reassembly, Received, SctpSocket};
 use super::{ConnId, Driver, RuntimeConfig};
 use crate::time::Time;
 use crate::wire::tcpmap::{self, Chunk, ChunkDecoder, ChunkRef, DataHeader, InitFlags};
@@ -30,6 +37,217 @@ pub(crate) enum ReadOutcome {
 pub(crate) enum Transport {
     /// TCP with the TCP mapping.
     Tcp(TcpMapConn),
+    /// Kernel SCTP, one-to-one style socket.
+    Sctp(SctpConn),
+}
+
+/// Event-loop bookkeeping shared by every transport.
+#[derive(Debug, Default)]
+pub(crate) struct IoFlags {
+    /// WRITABLE interest is registered.
+    pub(crate) want_write: bool,
+    /// In the loop's dirty list (output queued since the last flush).
+    pub(crate) dirty: bool,
+    /// Reading stopped because the output backlog is above half the bound.
+    pub(crate) read_paused: bool,
+}
+
+impl Transport {
+    /// The loop's flags of this connection.
+    pub(crate) fn flags(&mut self) -> &mut IoFlags {
+        match self {
+            Transport::Tcp(t) => &mut t.flags,
+            Transport::Sctp(s) => &mut s.flags,
+        }
+    }
+
+    /// Register with the poller.
+    pub(crate) fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        match self {
+            Transport::Tcp(c) => r.register(&mut c.stream, t, i),
+            Transport::Sctp(c) => r.register(&mut SourceFd(&c.sock.as_raw_fd()), t, i),
+        }
+    }
+
+    /// Change the registered interest.
+    pub(crate) fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        match self {
+            Transport::Tcp(c) => r.reregister(&mut c.stream, t, i),
+            Transport::Sctp(c) => r.reregister(&mut SourceFd(&c.sock.as_raw_fd()), t, i),
+        }
+    }
+
+    /// Remove from the poller.
+    pub(crate) fn deregister(&mut self, r: &Registry) -> io::Result<()> {
+        match self {
+            Transport::Tcp(c) => r.deregister(&mut c.stream),
+            Transport::Sctp(c) => r.deregister(&mut SourceFd(&c.sock.as_raw_fd())),
+        }
+    }
+
+    /// Unsent output bytes.
+    pub(crate) fn backlog(&self) -> usize {
+        match self {
+            Transport::Tcp(t) => t.backlog(),
+            Transport::Sctp(s) => s.backlog,
+        }
+    }
+
+    /// Queue one message; fails when it can't be framed or the backlog bound is hit.
+    pub(crate) fn queue(&mut self, ppid: u32, msg: &[u8], max: usize) -> Result<(), String> {
+        match self {
+            Transport::Tcp(t) => t.queue_data(ppid, msg, max),
+            Transport::Sctp(s) => s.queue(ppid, msg, max),
+        }
+    }
+
+    /// Write queued output until done or WouldBlock; the remaining backlog.
+    pub(crate) fn flush(&mut self) -> io::Result<usize> {
+        match self {
+            Transport::Tcp(t) => t.flush(),
+            Transport::Sctp(s) => s.flush(),
+        }
+    }
+
+    /// Read a burst and deliver whole messages to the driver.
+    pub(crate) fn read_burst<D: Driver>(
+        &mut self,
+        id: ConnId,
+        driver: &mut D,
+        cfg: &RuntimeConfig,
+        now: Time,
+    ) -> ReadOutcome {
+        match self {
+            Transport::Tcp(t) => t.read_burst(id, driver, cfg, now),
+            Transport::Sctp(s) => s.read_burst(id, driver, cfg, now),
+        }
+    }
+
+    /// Timers of the transport itself: TCP mapping heartbeats. SCTP's are the
+    /// kernel's (a dead association shows up as a read error).
+    pub(crate) fn tick(&mut self, now: Time, cfg: &RuntimeConfig) -> Result<bool, String> {
+        match self {
+            Transport::Tcp(t) => t.tick(now, cfg),
+            Transport::Sctp(_) => Ok(false),
+        }
+    }
+
+    /// The pending error of a connect (SO_ERROR).
+    pub(crate) fn take_error(&self) -> io::Result<Option<io::Error>> {
+        match self {
+            Transport::Tcp(t) => t.stream.take_error(),
+            Transport::Sctp(s) => s.sock.take_error(),
+        }
+    }
+
+    /// The peer's addresses once connected (`NotConnected` before): one for TCP,
+    /// every address of the association for SCTP.
+    pub(crate) fn peer_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        match self {
+            Transport::Tcp(t) => t.stream.peer_addr().map(|a| vec![a]),
+            Transport::Sctp(s) => {
+                let primary = s.sock.peer_addr()?;
+                let mut all = s.sock.peer_addrs().unwrap_or_default();
+                if all.is_empty() {
+                    all.push(primary);
+                }
+                Ok(all)
+            }
+        }
+    }
+
+    /// Our local address.
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Transport::Tcp(t) => t.stream.local_addr(),
+            Transport::Sctp(s) => s.sock.local_addr(),
+        }
+    }
+}
+
+/// State of one SCTP association (one-to-one style socket).
+#[derive(Debug)]
+pub(crate) struct SctpConn {
+    pub(crate) sock: SctpSocket,
+    rx: Reassembly,
+    /// Whole messages not yet accepted by the kernel, with their PPIDs.
+    out: VecDeque<(u32, Vec<u8>)>,
+    /// Bytes in `out`.
+    backlog: usize,
+    pub(crate) flags: IoFlags,
+}
+
+impl SctpConn {
+    /// A new association's state; messages up to `cfg.max_read_buffer` bytes.
+    pub(crate) fn new(sock: SctpSocket, cfg: &RuntimeConfig) -> Self {
+        SctpConn {
+            sock,
+            rx: Reassembly::new(cfg.max_read_buffer),
+            out: VecDeque::new(),
+            backlog: 0,
+            flags: IoFlags::default(),
+        }
+    }
+
+    fn queue(&mut self, ppid: u32, msg: &[u8], max: usize) -> Result<(), String> {
+        if msg.is_empty() {
+            return Err("cannot send an empty SCTP message".into());
+        }
+        self.backlog += msg.len();
+        self.out.push_back((ppid, msg.to_vec()));
+        if self.backlog > max {
+            return Err(format!(
+                "peer is not reading: {} bytes of output queued (bound {max})",
+                self.backlog
+            ));
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<usize> {
+        while let Some((ppid, msg)) = self.out.front() {
+            match self.sock.send_msg(*ppid, msg) {
+                Ok(_) => {
+                    self.backlog -= msg.len();
+                    self.out.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self.backlog)
+    }
+
+    fn read_burst<D: Driver>(
+        &mut self,
+        id: ConnId,
+        driver: &mut D,
+        cfg: &RuntimeConfig,
+        now: Time,
+    ) -> ReadOutcome {
+        let mut taken = 0usize;
+        loop {
+            if self.backlog > cfg.max_write_buffer / 2 {
+                self.flags.read_paused = true;
+                return ReadOutcome::Yielded;
+            }
+            if taken >= cfg.read_budget {
+                return ReadOutcome::Yielded;
+            }
+            match self.rx.recv(&self.sock) {
+                Ok(Received::Message(ppid, msg)) => {
+                    taken += msg.len();
+                    driver.on_message(id, ppid, msg, now);
+                }
+                Ok(Received::Nothing(n)) => taken += n,
+                Ok(Received::Eof) => {
+                    return ReadOutcome::Closed("peer closed the association".into())
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::Drained,
+                Err(e) => return ReadOutcome::Closed(format!("read: {e}")),
+            }
+        }
+    }
 }
 
 /// TCP mapping state of one TCP connection.
@@ -47,12 +265,8 @@ pub(crate) struct TcpMapConn {
     idle_since: Time,
     /// HEARTBEATs sent since we last heard from the peer.
     hb_missed: u32,
-    /// WRITABLE interest is registered.
-    pub(crate) want_write: bool,
-    /// In the loop's dirty list (output queued since the last flush).
-    pub(crate) dirty: bool,
-    /// Reading stopped because the output backlog is above half the bound.
-    pub(crate) read_paused: bool,
+    /// The event loop's flags.
+    pub(crate) flags: IoFlags,
 }
 
 impl TcpMapConn {
@@ -70,9 +284,11 @@ impl TcpMapConn {
             ssn: 0,
             idle_since: now,
             hb_missed: 0,
-            want_write: false,
-            dirty: true,
-            read_paused: false,
+            flags: IoFlags {
+                want_write: false,
+                dirty: true,
+                read_paused: false,
+            },
         }
     }
 
@@ -116,7 +332,7 @@ impl TcpMapConn {
         let mut taken = 0usize;
         loop {
             if self.backlog() > cfg.max_write_buffer / 2 {
-                self.read_paused = true;
+                self.flags.read_paused = true;
                 return ReadOutcome::Yielded;
             }
             if taken >= cfg.read_budget {

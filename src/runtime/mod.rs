@@ -8,9 +8,12 @@
 //! is one driver ([`registrar::RegistrarDriver`]); the PE/PU client library
 //! ([`client::ClientDriver`]) is another.
 //!
-//! Transports: TCP with the TCP mapping shim (digest §10) is implemented in
-//! `conn`. Kernel SCTP is detected ([`probe_sctp`]) but not yet implemented; a
-//! connection's transport is an enum so it can slot in.
+//! Transports: TCP with the TCP mapping shim (digest §10), and kernel SCTP
+//! (`sctp`: one-to-one style sockets through libc, one SCTP user message per
+//! ASAP/ENRP message with its PPID on stream 0, multi-homed listeners). Both
+//! sit behind one enum in `conn`. Where the kernel has no SCTP
+//! ([`probe_sctp`]), `sctp://` listeners fail with [`StartError::Unsupported`]
+//! and [`Action::ConnectSctp`] with `on_connect_failed`.
 //!
 //! Threading: [`EventLoop::run`] blocks its thread. [`LoopHandle`] (Clone,
 //! Send) posts commands to it from any thread and wakes it. The driver only ever
@@ -18,6 +21,7 @@
 
 mod conn;
 mod reactor;
+pub mod sctp;
 mod slab;
 
 pub mod blocking;
@@ -31,6 +35,7 @@ use std::time::Duration;
 
 pub use reactor::{EventLoop, LoopHandle, LoopStats};
 pub use registrar::{RegistrarHandle, RegistrarOptions};
+pub use sctp::{SctpClient, SctpParams};
 pub use sys::{probe_sctp, SctpSupport, SignalPipe};
 pub use url::{EndpointUrl, Proto};
 
@@ -114,6 +119,16 @@ pub enum Action {
         /// Where to connect.
         addr: SocketAddr,
     },
+    /// Like [`Action::Connect`], over kernel SCTP: one association to the peer
+    /// reachable at any of `addrs` (all addresses of one multi-homed peer,
+    /// sctp_connectx). [`ConnMeta::remote`] then lists every address of the
+    /// association. Fails (`on_connect_failed`) where the kernel has no SCTP.
+    ConnectSctp {
+        /// The id the driver will know the connection by.
+        conn: ConnId,
+        /// The peer's addresses, all with the same port.
+        addrs: Vec<SocketAddr>,
+    },
     /// Send this message to the configured announce group (dropped if none).
     Announce {
         /// The message (an ASAP_SERVER_ANNOUNCE).
@@ -176,6 +191,9 @@ pub struct RuntimeConfig {
     pub announce_ttl: u32,
     /// How long an [`Action::Connect`] may take before it fails.
     pub connect_timeout: Duration,
+    /// Kernel SCTP association parameters (heartbeat, RTO) for every SCTP
+    /// socket the loop opens or accepts.
+    pub sctp: SctpParams,
 }
 
 impl Default for RuntimeConfig {
@@ -191,6 +209,7 @@ impl Default for RuntimeConfig {
             announce: None,
             announce_ttl: 1,
             connect_timeout: Duration::from_secs(10),
+            sctp: SctpParams::default(),
         }
     }
 }

@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
+use std::os::fd::AsRawFd;
 
-use super::conn::{ReadOutcome, TcpMapConn, Transport};
+use super::conn::{ReadOutcome, SctpConn, TcpMapConn, Transport};
+use super::sctp::SctpSocket;
 use super::slab::Slab;
 use super::url::{EndpointUrl, Proto};
 use super::{Action, ConnId, ConnMeta, Driver, RuntimeConfig, StartError};
@@ -108,12 +111,36 @@ pub struct LoopStats {
 #[derive(Debug)]
 enum Entry {
     Listener {
-        sock: TcpListener,
+        sock: ListenSock,
         /// Index in `RuntimeConfig::listen`.
         index: usize,
         local: SocketAddr,
     },
     Conn(Box<Conn>),
+}
+
+/// A listening socket.
+#[derive(Debug)]
+enum ListenSock {
+    Tcp(TcpListener),
+    /// One SCTP socket bound to every address of its URL.
+    Sctp(SctpSocket),
+}
+
+impl ListenSock {
+    fn deregister(&mut self, poll: &Poll) {
+        let _ = match self {
+            ListenSock::Tcp(l) => poll.registry().deregister(l),
+            ListenSock::Sctp(s) => poll.registry().deregister(&mut SourceFd(&s.as_raw_fd())),
+        };
+    }
+}
+
+/// Where an outbound connection goes.
+#[derive(Debug)]
+enum Target {
+    Tcp(SocketAddr),
+    Sctp(Vec<SocketAddr>),
 }
 
 #[derive(Debug)]
@@ -195,7 +222,7 @@ impl<D: Driver> EventLoop<D> {
         let mut entries = Slab::new();
         let mut listeners = Vec::new();
         for (index, url) in cfg.listen.iter().enumerate() {
-            for (proto, local) in bind(&poll, &mut entries, index, url)? {
+            for (proto, local) in bind(&poll, &mut entries, index, url, &cfg)? {
                 listeners.push((proto, local));
             }
         }
@@ -376,8 +403,8 @@ impl<D: Driver> EventLoop<D> {
         }
     }
 
-    /// Start an outbound connection (Action::Connect).
-    fn connect(&mut self, conn: ConnId, addr: SocketAddr, now: Time) {
+    /// Start an outbound connection (Action::Connect / ConnectSctp).
+    fn connect(&mut self, conn: ConnId, target: Target, now: Time) {
         if !conn.is_driver_chosen() || self.aliases.contains_key(&conn) {
             log(&format!(
                 "connect: {} is not a free driver-chosen id",
@@ -390,24 +417,46 @@ impl<D: Driver> EventLoop<D> {
             self.failed_connects.push(conn);
             return;
         }
-        let stream = match TcpStream::connect(addr) {
-            Ok(s) => s,
-            Err(e) => {
-                if verbose() {
-                    log(&format!("connect to {addr}: {e}"));
+        let (transport, addr) = match target {
+            Target::Tcp(addr) => match TcpStream::connect(addr) {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    (
+                        Transport::Tcp(TcpMapConn::new(stream, &self.cfg, now)),
+                        addr,
+                    )
                 }
-                self.failed_connects.push(conn);
-                return;
+                Err(e) => {
+                    if verbose() {
+                        log(&format!("connect to {addr}: {e}"));
+                    }
+                    self.failed_connects.push(conn);
+                    return;
+                }
+            },
+            Target::Sctp(addrs) => {
+                let Some(&first) = addrs.first() else {
+                    self.failed_connects.push(conn);
+                    return;
+                };
+                match SctpSocket::connect_start(&addrs, &self.cfg.sctp) {
+                    Ok(sock) => (Transport::Sctp(SctpConn::new(sock, &self.cfg)), first),
+                    Err(e) => {
+                        if verbose() {
+                            log(&format!("connect to sctp {addrs:?}: {e}"));
+                        }
+                        self.failed_connects.push(conn);
+                        return;
+                    }
+                }
             }
         };
-        let _ = stream.set_nodelay(true);
-        let tcp = TcpMapConn::new(stream, &self.cfg, now);
         let deadline = now + self.cfg.connect_timeout;
         let slot = self.entries.insert_with(|_, g| {
             Entry::Conn(Box::new(Conn {
                 id: conn,
                 gen: g,
-                transport: Transport::Tcp(tcp),
+                transport,
                 connecting: Some(Connecting { addr, deadline }),
             }))
         });
@@ -415,9 +464,8 @@ impl<D: Driver> EventLoop<D> {
             return;
         };
         let gen = c.gen;
-        let Transport::Tcp(t) = &mut c.transport;
-        if let Err(e) = self.poll.registry().register(
-            &mut t.stream,
+        if let Err(e) = c.transport.register(
+            self.poll.registry(),
             Token(slot),
             Interest::READABLE | Interest::WRITABLE,
         ) {
@@ -435,12 +483,12 @@ impl<D: Driver> EventLoop<D> {
         let Some(c) = self.conn_entry(id) else {
             return;
         };
-        let Transport::Tcp(t) = &mut c.transport;
+        let t = &mut c.transport;
         let addr = match &c.connecting {
             Some(k) => k.addr,
             None => return,
         };
-        match t.stream.take_error() {
+        match t.take_error() {
             Ok(None) => {}
             Ok(Some(e)) | Err(e) => {
                 let reason = format!("connect to {addr}: {e}");
@@ -448,23 +496,29 @@ impl<D: Driver> EventLoop<D> {
                 return;
             }
         }
-        match t.stream.peer_addr() {
-            Ok(_) => {}
+        let remote = match t.peer_addrs() {
+            Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
             Err(e) => {
                 let reason = format!("connect to {addr}: {e}");
                 self.fail_connect(id, &reason, now);
                 return;
             }
-        }
-        let local = t.stream.local_addr().unwrap_or(addr);
+        };
+        let local = t.local_addr().unwrap_or(addr);
+        let (proto, remote) = match t {
+            // As before SCTP: the address the driver asked for.
+            Transport::Tcp(_) => (Proto::Tcp, vec![addr]),
+            Transport::Sctp(_) => (Proto::Sctp, remote),
+        };
         c.connecting = None;
         // WRITABLE interest stays registered; flush_one drops it when idle.
-        t.want_write = true;
+        t.flags().want_write = true;
+        t.flags().dirty = true;
         self.dirty.push(id); // our INIT, and anything the driver queued early
         let meta = ConnMeta {
-            proto: Proto::Tcp,
-            remote: vec![addr],
+            proto,
+            remote,
             local,
             listener: usize::MAX,
         };
@@ -482,8 +536,7 @@ impl<D: Driver> EventLoop<D> {
             return;
         };
         if let Some(Entry::Conn(mut c)) = self.entries.remove(idx) {
-            let Transport::Tcp(t) = &mut c.transport;
-            let _ = self.poll.registry().deregister(&mut t.stream);
+            let _ = c.transport.deregister(self.poll.registry());
         }
         self.aliases.remove(&id);
         self.n_conns -= 1;
@@ -512,25 +565,53 @@ impl<D: Driver> EventLoop<D> {
     fn accept(&mut self, idx: usize, now: Time) {
         for _ in 0..ACCEPT_BUDGET {
             let (res, index, local) = match self.entries.get(idx) {
-                Some(Entry::Listener { sock, index, local }) => (sock.accept(), *index, *local),
+                Some(Entry::Listener {
+                    sock: ListenSock::Tcp(sock),
+                    index,
+                    local,
+                }) => (
+                    sock.accept().map(|(stream, peer)| {
+                        let _ = stream.set_nodelay(true);
+                        let local = stream.local_addr().unwrap_or(*local);
+                        let conn = TcpMapConn::new(stream, &self.cfg, now);
+                        (Transport::Tcp(conn), Proto::Tcp, vec![peer], local)
+                    }),
+                    *index,
+                    *local,
+                ),
+                Some(Entry::Listener {
+                    sock: ListenSock::Sctp(sock),
+                    index,
+                    local,
+                }) => (
+                    sock.accept().map(|s| {
+                        let local = s.local_addr().unwrap_or(*local);
+                        let mut remote = s.peer_addrs().unwrap_or_default();
+                        if remote.is_empty() {
+                            remote.extend(s.peer_addr());
+                        }
+                        let conn = SctpConn::new(s, &self.cfg);
+                        (Transport::Sctp(conn), Proto::Sctp, remote, local)
+                    }),
+                    *index,
+                    *local,
+                ),
                 _ => return,
             };
             match res {
-                Ok((stream, peer)) => {
+                Ok((transport, proto, remote, local)) => {
                     self.stats.accepted += 1;
                     if self.n_conns >= self.cfg.max_connections {
                         self.stats.refused += 1;
-                        drop(stream);
+                        drop(transport);
                         continue;
                     }
-                    let _ = stream.set_nodelay(true);
-                    let local = stream.local_addr().unwrap_or(local);
-                    let conn = TcpMapConn::new(stream, &self.cfg, now);
+                    let tcp = proto == Proto::Tcp;
                     let slot = self.entries.insert_with(|i, g| {
                         Entry::Conn(Box::new(Conn {
                             id: ConnId::new(i, g),
                             gen: g,
-                            transport: Transport::Tcp(conn),
+                            transport,
                             connecting: None,
                         }))
                     });
@@ -538,21 +619,21 @@ impl<D: Driver> EventLoop<D> {
                         continue;
                     };
                     let id = c.id;
-                    let Transport::Tcp(t) = &mut c.transport;
-                    if let Err(e) = self.poll.registry().register(
-                        &mut t.stream,
-                        Token(slot),
-                        Interest::READABLE,
-                    ) {
-                        log(&format!("register {peer}: {e}"));
+                    if let Err(e) =
+                        c.transport
+                            .register(self.poll.registry(), Token(slot), Interest::READABLE)
+                    {
+                        log(&format!("register {remote:?}: {e}"));
                         self.entries.remove(slot);
                         continue;
                     }
                     self.n_conns += 1;
-                    self.dirty.push(id); // our INIT
+                    if tcp {
+                        self.dirty.push(id); // our INIT
+                    }
                     let meta = ConnMeta {
-                        proto: Proto::Tcp,
-                        remote: vec![peer],
+                        proto,
+                        remote,
                         local,
                         listener: index,
                     };
@@ -581,27 +662,25 @@ impl<D: Driver> EventLoop<D> {
         };
         let cfg = &self.cfg;
         let outcome = match self.entries.get_gen_mut(idx, gen) {
-            Some(Entry::Conn(c)) if c.connecting.is_none() => match &mut c.transport {
-                Transport::Tcp(t) => {
-                    if t.read_paused {
-                        return; // resumed by flush_one when the backlog drains
-                    }
-                    let o = t.read_burst(id, &mut self.driver, cfg, now);
-                    if !t.dirty && t.backlog() > 0 {
-                        t.dirty = true;
-                        self.dirty.push(id);
-                    }
-                    o
+            Some(Entry::Conn(c)) if c.connecting.is_none() => {
+                let t = &mut c.transport;
+                if t.flags().read_paused {
+                    return; // resumed by flush_one when the backlog drains
                 }
-            },
+                let o = t.read_burst(id, &mut self.driver, cfg, now);
+                if !t.flags().dirty && t.backlog() > 0 {
+                    t.flags().dirty = true;
+                    self.dirty.push(id);
+                }
+                o
+            }
             _ => return,
         };
         match outcome {
             ReadOutcome::Drained => {}
             ReadOutcome::Yielded => {
-                if let Some(Entry::Conn(c)) = self.entries.get(idx) {
-                    let Transport::Tcp(t) = &c.transport;
-                    if !t.read_paused {
+                if let Some(Entry::Conn(c)) = self.entries.get_mut(idx) {
+                    if !c.transport.flags().read_paused {
                         self.ready.push((idx, gen));
                     }
                 }
@@ -645,10 +724,10 @@ impl<D: Driver> EventLoop<D> {
                 let Some(c) = self.conn_mut(conn) else {
                     return; // closed meanwhile
                 };
-                let Transport::Tcp(t) = &mut c.transport;
-                let res = t.queue_data(ppid, &msg, max);
-                let newly_dirty = !t.dirty;
-                t.dirty = true;
+                let t = &mut c.transport;
+                let res = t.queue(ppid, &msg, max);
+                let newly_dirty = !t.flags().dirty;
+                t.flags().dirty = true;
                 if newly_dirty {
                     self.dirty.push(conn);
                 }
@@ -658,7 +737,8 @@ impl<D: Driver> EventLoop<D> {
                 }
             }
             Action::Close { conn, reason } => self.to_close.push((conn, reason)),
-            Action::Connect { conn, addr } => self.connect(conn, addr, now),
+            Action::Connect { conn, addr } => self.connect(conn, Target::Tcp(addr), now),
+            Action::ConnectSctp { conn, addrs } => self.connect(conn, Target::Sctp(addrs), now),
             Action::Announce { msg } => {
                 if let (Some(sock), Some(group)) = (&self.announce, self.cfg.announce) {
                     match sock.send_to(&msg, group) {
@@ -686,10 +766,10 @@ impl<D: Driver> EventLoop<D> {
             return;
         };
         self.aliases.remove(&id);
-        let Transport::Tcp(t) = &mut c.transport;
+        let t = &mut c.transport;
         // Best effort: whatever fits in the socket buffer now (e.g. an error reply).
         let _ = t.flush();
-        let _ = self.poll.registry().deregister(&mut t.stream);
+        let _ = t.deregister(self.poll.registry());
         drop(c);
         self.n_conns -= 1;
         if verbose() {
@@ -702,8 +782,7 @@ impl<D: Driver> EventLoop<D> {
         let dirty = std::mem::take(&mut self.dirty);
         for &id in &dirty {
             if let Some(c) = self.conn_mut(id) {
-                let Transport::Tcp(t) = &mut c.transport;
-                t.dirty = false;
+                c.transport.flags().dirty = false;
             }
             self.flush_one(id);
         }
@@ -732,24 +811,24 @@ impl<D: Driver> EventLoop<D> {
         if c.connecting.is_some() {
             return; // flushed once connected
         }
-        let Transport::Tcp(t) = &mut c.transport;
+        let t = &mut c.transport;
         match t.flush() {
             Ok(backlog) => {
                 let want = backlog > 0;
-                if want != t.want_write {
+                if want != t.flags().want_write {
                     let interest = if want {
                         Interest::READABLE | Interest::WRITABLE
                     } else {
                         Interest::READABLE
                     };
-                    if let Err(e) = registry.reregister(&mut t.stream, Token(idx), interest) {
+                    if let Err(e) = t.reregister(registry, Token(idx), interest) {
                         self.to_close.push((id, format!("reregister: {e}")));
                         return;
                     }
-                    t.want_write = want;
+                    t.flags().want_write = want;
                 }
-                if t.read_paused && backlog <= half {
-                    t.read_paused = false;
+                if t.flags().read_paused && backlog <= half {
+                    t.flags().read_paused = false;
                     self.ready.push((idx, gen));
                 }
             }
@@ -778,12 +857,12 @@ impl<D: Driver> EventLoop<D> {
                 }
                 continue;
             }
-            let Transport::Tcp(t) = &mut c.transport;
+            let t = &mut c.transport;
             match t.tick(now, &self.cfg) {
                 Ok(false) => {}
                 Ok(true) => {
-                    if !t.dirty {
-                        t.dirty = true;
+                    if !t.flags().dirty {
+                        t.flags().dirty = true;
                         self.dirty.push(id);
                     }
                 }
@@ -807,7 +886,7 @@ impl<D: Driver> EventLoop<D> {
                 }
                 Some(Entry::Listener { .. }) => {
                     if let Some(Entry::Listener { mut sock, .. }) = self.entries.remove(idx) {
-                        let _ = self.poll.registry().deregister(&mut sock);
+                        sock.deregister(&self.poll);
                     }
                 }
                 None => {}
@@ -823,16 +902,28 @@ fn bind(
     entries: &mut Slab<Entry>,
     index: usize,
     url: &EndpointUrl,
+    cfg: &RuntimeConfig,
 ) -> Result<Vec<(Proto, SocketAddr)>, StartError> {
-    match url.proto {
-        Proto::Sctp => Err(StartError::Unsupported(format!(
-            "{url}: {}",
-            if super::probe_sctp().is_available() {
-                "the SCTP transport is not implemented yet"
-            } else {
-                "this kernel has no SCTP support"
+    let (sock, locals) = match url.proto {
+        Proto::Sctp => {
+            if !super::probe_sctp().is_available() {
+                return Err(StartError::Unsupported(format!(
+                    "{url}: this kernel has no SCTP support"
+                )));
             }
-        ))),
+            let addrs = url.socket_addrs();
+            let sock = SctpSocket::listen_on(&addrs, &cfg.sctp).map_err(|err| StartError::Io {
+                what: format!("listening on {url}"),
+                err,
+            })?;
+            // One port for every address: the kernel's, if the URL said 0.
+            let port = sock.local_addr().map_or(url.port, |a| a.port());
+            let locals = addrs
+                .iter()
+                .map(|a| SocketAddr::new(a.ip(), port))
+                .collect::<Vec<_>>();
+            (ListenSock::Sctp(sock), locals)
+        }
         Proto::Tcp => {
             let addr = url.first();
             let sock = TcpListener::bind(addr).map_err(|err| StartError::Io {
@@ -840,18 +931,26 @@ fn bind(
                 err,
             })?;
             let local = sock.local_addr().unwrap_or(addr);
-            let slot = entries.insert_with(|_, _| Entry::Listener { sock, index, local });
-            if let Some(Entry::Listener { sock, .. }) = entries.get_mut(slot) {
-                poll.registry()
-                    .register(sock, Token(slot), Interest::READABLE)
-                    .map_err(|err| StartError::Io {
-                        what: format!("registering {url}"),
-                        err,
-                    })?;
-            }
-            Ok(vec![(Proto::Tcp, local)])
+            (ListenSock::Tcp(sock), vec![local])
         }
+    };
+    let local = locals[0];
+    let slot = entries.insert_with(|_, _| Entry::Listener { sock, index, local });
+    if let Some(Entry::Listener { sock, .. }) = entries.get_mut(slot) {
+        let res = match sock {
+            ListenSock::Tcp(l) => poll.registry().register(l, Token(slot), Interest::READABLE),
+            ListenSock::Sctp(s) => poll.registry().register(
+                &mut SourceFd(&s.as_raw_fd()),
+                Token(slot),
+                Interest::READABLE,
+            ),
+        };
+        res.map_err(|err| StartError::Io {
+            what: format!("registering {url}"),
+            err,
+        })?;
     }
+    Ok(locals.into_iter().map(|a| (url.proto, a)).collect())
 }
 
 /// A UDP socket for sending announces to `group` (never bound to it: we only send).

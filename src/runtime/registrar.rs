@@ -128,18 +128,59 @@ pub fn random_server_id() -> u32 {
     }
 }
 
-/// The TCP transports to put in server announces: every TCP listener bound to
-/// a specific address (a wildcard listener is left to the packet source).
+/// The transports to put in server announces: every TCP listener bound to a
+/// specific address, and every SCTP listener's specific addresses (one SCTP
+/// transport per port, all its addresses). Wildcard listeners are left to the
+/// packet source.
 fn announce_transports(addrs: &[(Proto, SocketAddr)]) -> Vec<Transport> {
-    addrs
-        .iter()
-        .filter(|(p, a)| *p == Proto::Tcp && !a.ip().is_unspecified())
-        .map(|(_, a)| Transport::Tcp {
+    let mut out: Vec<Transport> = Vec::new();
+    for &(p, a) in addrs {
+        if a.ip().is_unspecified() {
+            continue;
+        }
+        match p {
+            Proto::Tcp => out.push(Transport::Tcp {
+                port: a.port(),
+                transport_use: transport_use::DATA_ONLY,
+                addr: a.ip(),
+            }),
+            Proto::Sctp => {
+                let same_port = out.iter_mut().find_map(|t| match t {
+                    Transport::Sctp { port, addrs, .. } if *port == a.port() => Some(addrs),
+                    _ => None,
+                });
+                match same_port {
+                    Some(v) => v.push(a.ip()),
+                    None => out.push(Transport::Sctp {
+                        port: a.port(),
+                        transport_use: transport_use::DATA_ONLY,
+                        addrs: vec![a.ip()],
+                    }),
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The listening addresses as URLs: a multi-homed SCTP listener (consecutive
+/// SCTP addresses with one port, as the loop reports them) is one URL.
+pub(crate) fn group_urls(addrs: &[(Proto, SocketAddr)]) -> Vec<String> {
+    let mut out: Vec<super::EndpointUrl> = Vec::new();
+    for &(p, a) in addrs {
+        if let Some(last) = out.last_mut() {
+            if p == Proto::Sctp && last.proto == Proto::Sctp && last.port == a.port() {
+                last.addrs.push(a.ip());
+                continue;
+            }
+        }
+        out.push(super::EndpointUrl {
+            proto: p,
+            addrs: vec![a.ip()],
             port: a.port(),
-            transport_use: transport_use::DATA_ONLY,
-            addr: a.ip(),
-        })
-        .collect()
+        });
+    }
+    out.iter().map(|u| u.to_string()).collect()
 }
 
 /// A registrar running on its own thread. Dropping it stops it.
@@ -199,12 +240,10 @@ impl RegistrarHandle {
         &self.addrs
     }
 
-    /// The listening addresses as URLs (`tcp://127.0.0.1:40123`).
+    /// The listening addresses as URLs (`tcp://127.0.0.1:40123`,
+    /// `sctp://10.0.0.1,10.0.1.1:3863`).
     pub fn local_urls(&self) -> Vec<String> {
-        self.addrs
-            .iter()
-            .map(|&(p, a)| super::url::url_of(p, a))
-            .collect()
+        group_urls(&self.addrs)
     }
 
     /// This registrar's server identifier.

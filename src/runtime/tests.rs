@@ -16,13 +16,14 @@ const T: Duration = Duration::from_secs(10);
 #[derive(Default)]
 struct Echo {
     out: VecDeque<Action>,
+    protos: Vec<Proto>,
     connected: u64,
     closed: u64,
 }
 
 impl Driver for Echo {
     fn on_connected(&mut self, _: ConnId, meta: &ConnMeta, _: Time) {
-        assert_eq!(meta.proto, Proto::Tcp);
+        self.protos.push(meta.proto);
         self.connected += 1;
     }
     fn on_message(&mut self, conn: ConnId, ppid: u32, msg: &[u8], _: Time) {
@@ -72,8 +73,11 @@ struct Running {
 }
 
 impl Running {
-    fn start(mut cfg: RuntimeConfig) -> Running {
-        cfg.listen = vec![EndpointUrl::parse("tcp://127.0.0.1:0").unwrap()];
+    fn start(cfg: RuntimeConfig) -> Running {
+        Self::start_on(cfg, "tcp://127.0.0.1:0")
+    }
+    fn start_on(mut cfg: RuntimeConfig, url: &str) -> Running {
+        cfg.listen = vec![EndpointUrl::parse(url).unwrap()];
         let mut ev = EventLoop::new(cfg, Instant::now(), Echo::default()).unwrap();
         let addr = ev.local_addrs()[0].1;
         let handle = ev.handle();
@@ -424,6 +428,133 @@ fn failed_and_invalid_connects_are_reported_once() {
     );
     let connected = h.query(T, |d, _| d.connected.clone()).unwrap();
     assert_eq!(connected[0].0, dup);
+    h.stop();
+    t.join().unwrap();
+}
+
+// ---- kernel SCTP (these run for real inside scripts/sctp-vm) ----
+
+fn no_sctp() -> bool {
+    if probe_sctp().is_available() {
+        return false;
+    }
+    eprintln!("skipping: no kernel SCTP");
+    true
+}
+
+#[test]
+fn sctp_listener_without_kernel_support_is_unsupported() {
+    if probe_sctp().is_available() {
+        eprintln!("skipping: the kernel has SCTP (this checks the error without it)");
+        return;
+    }
+    let cfg = RuntimeConfig {
+        listen: vec![EndpointUrl::parse("sctp://127.0.0.1:0").unwrap()],
+        ..RuntimeConfig::default()
+    };
+    match EventLoop::new(cfg, Instant::now(), Echo::default()) {
+        Err(StartError::Unsupported(m)) => {
+            assert!(m.contains("this kernel has no SCTP support"), "{m}")
+        }
+        other => panic!("expected Unsupported, got {:?}", other.map(|_| ())),
+    }
+    // And an outbound SCTP connect fails cleanly, once.
+    let (h, t) = start_dialer();
+    let id = ConnId::driver(3);
+    assert!(h.call(move |d, _| d.out.push_back(Action::ConnectSctp {
+        conn: id,
+        addrs: vec!["127.0.0.1:9".parse().unwrap()],
+    })));
+    wait_for(|| h.query(T, |d, _| d.failed.clone()).unwrap() == vec![id]);
+    h.stop();
+    t.join().unwrap();
+}
+
+#[test]
+fn sctp_echo_through_the_loop_both_directions() {
+    if no_sctp() {
+        return;
+    }
+    // A multi-homed listener on two loopback addresses.
+    let server = Running::start_on(RuntimeConfig::default(), "sctp://127.0.0.1,127.0.0.2:0");
+    let port = server.addr.port();
+    let addrs: Vec<SocketAddr> = vec![
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        SocketAddr::from(([127, 0, 0, 2], port)),
+    ];
+    // Blocking client in, event loop echoes (a message bigger than one read
+    // buffer is reassembled from partial deliveries on the loop's side).
+    let mut c = sctp::SctpClient::connect(&addrs[1..], T).unwrap();
+    // Bigger than one recvmsg buffer (64 KiB), within max_read_buffer (128 KiB).
+    let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    c.send(11, b"ping").unwrap();
+    c.send(12, &big).unwrap();
+    assert_eq!(c.recv(T).unwrap(), (11, b"ping".to_vec()));
+    assert_eq!(c.recv(T).unwrap(), (12, big));
+    c.send(11, b"close").unwrap();
+    assert_eq!(c.recv(T).unwrap(), (11, b"bye".to_vec()));
+    wait_for(|| server.counts() == (1, 1));
+    // A message above max_read_buffer closes the association.
+    let mut c = sctp::SctpClient::connect(&addrs[..1], T).unwrap();
+    c.send(11, &vec![1u8; 200_000]).unwrap();
+    // Closed with unread data: the kernel ABORTs (reset) rather than SHUTDOWNs.
+    let e = c.recv(T).unwrap_err();
+    assert!(
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+        ),
+        "{e}"
+    );
+    wait_for(|| server.counts() == (2, 2));
+    let protos = server.handle.query(T, |d, _| d.protos.clone()).unwrap();
+    assert_eq!(protos, vec![Proto::Sctp, Proto::Sctp]);
+
+    // The loop dials out (Action::ConnectSctp) to both addresses of the listener.
+    let (h, t) = start_dialer();
+    let id = ConnId::driver(9);
+    let to = addrs.clone();
+    assert!(h.call(move |d, _| d.out.push_back(Action::ConnectSctp {
+        conn: id,
+        addrs: to
+    })));
+    wait_for(|| {
+        h.query(T, |d, _| d.received.clone())
+            .unwrap()
+            .contains(&(id, b"hello".to_vec()))
+    });
+    let connected = h.query(T, |d, _| d.connected.clone()).unwrap();
+    assert_eq!(connected.len(), 1);
+    let meta = &connected[0].1;
+    assert_eq!(meta.proto, Proto::Sctp);
+    // Every address of the multi-homed peer is known.
+    let mut remote = meta.remote.clone();
+    remote.sort();
+    assert_eq!(remote, addrs, "{meta:?}");
+    assert!(h.call(move |d, _| d.out.push_back(Action::Close {
+        conn: id,
+        reason: "done".into()
+    })));
+    wait_for(|| h.query(T, |d, _| d.closed.clone()).unwrap() == vec![id]);
+    wait_for(|| server.counts() == (3, 3));
+    h.stop();
+    t.join().unwrap();
+}
+
+#[test]
+fn sctp_connect_to_a_dead_port_fails_once() {
+    if no_sctp() {
+        return;
+    }
+    let (h, t) = start_dialer();
+    let id = ConnId::driver(4);
+    // Nobody listens on SCTP port 9 of 127.0.0.1 in the test VM: ABORT at once.
+    assert!(h.call(move |d, _| d.out.push_back(Action::ConnectSctp {
+        conn: id,
+        addrs: vec!["127.0.0.1:9".parse().unwrap()],
+    })));
+    wait_for(|| h.query(T, |d, _| d.failed.clone()).unwrap() == vec![id]);
+    assert!(h.query(T, |d, _| d.connected.is_empty()).unwrap());
     h.stop();
     t.join().unwrap();
 }

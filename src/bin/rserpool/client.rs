@@ -1,17 +1,17 @@
 //! `rserpool resolve` and `rserpool dump`: small ASAP/ENRP clients over the TCP
-//! mapping, built on the library's blocking client.
+//! mapping or kernel SCTP, built on the library's blocking client.
 
 use std::time::{Duration, Instant};
 
-use rserpool::runtime::blocking::TcpMapClient;
-use rserpool::runtime::url::{EndpointUrl, Proto};
+use rserpool::runtime::blocking::Client;
+use rserpool::runtime::url::EndpointUrl;
 use rserpool::wire::{cause, json, AsapMessage, EnrpBody, EnrpMessage, PoolElement, PoolHandle};
 use serde_json::{json, Value};
 
 /// Arguments of `rserpool resolve`.
 #[derive(clap::Args, Debug)]
 pub struct ResolveArgs {
-    /// The registrar, e.g. tcp://127.0.0.1:3863.
+    /// The registrar, e.g. tcp://127.0.0.1:3863 or sctp://10.0.0.1,10.0.1.1:3863.
     #[arg(long, default_value = "tcp://127.0.0.1:3863")]
     pub registrar: String,
     /// The pool handle (as text).
@@ -32,7 +32,7 @@ pub struct ResolveArgs {
 /// Arguments of `rserpool dump`.
 #[derive(clap::Args, Debug)]
 pub struct DumpArgs {
-    /// The registrar, e.g. tcp://127.0.0.1:3863.
+    /// The registrar, e.g. tcp://127.0.0.1:3863 or sctp://10.0.0.1,10.0.1.1:3863.
     #[arg(long, default_value = "tcp://127.0.0.1:3863")]
     pub registrar: String,
     /// Print JSON: {"pools": [...], "elements": [{id, pool, transport, home, policy, life, ...}]}.
@@ -54,15 +54,10 @@ fn timeout_of(secs: f64) -> Duration {
         .max(Duration::from_millis(1))
 }
 
-/// Connect to a `tcp://` registrar URL.
-fn connect(url: &str, timeout: Duration) -> Result<TcpMapClient, String> {
+/// Connect to a `tcp://` or `sctp://` registrar URL.
+fn connect(url: &str, timeout: Duration) -> Result<Client, String> {
     let u = EndpointUrl::parse(url).map_err(|e| e.to_string())?;
-    if u.proto != Proto::Tcp {
-        return Err(format!(
-            "{url}: only tcp:// registrars are supported by this tool"
-        ));
-    }
-    TcpMapClient::connect(u.first(), timeout)
+    Client::connect_url(&u, timeout)
         .map_err(|e| format!("cannot reach the registrar at {url}: {e}"))
 }
 
@@ -182,7 +177,7 @@ pub fn resolve(a: ResolveArgs) -> i32 {
 /// Fetch the whole handlespace with ENRP_HANDLE_TABLE_REQUESTs, one per chunk
 /// while the M flag is set.
 pub fn fetch_table(
-    c: &mut TcpMapClient,
+    c: &mut Client,
     timeout: Duration,
 ) -> Result<Vec<(PoolHandle, Vec<PoolElement>)>, String> {
     let mut pools: Vec<(PoolHandle, Vec<PoolElement>)> = Vec::new();

@@ -1,5 +1,5 @@
-//! `rserpool registrar`: an ENRP server's ASAP side, over the TCP mapping (and
-//! kernel SCTP once the runtime has it).
+//! `rserpool registrar`: an ENRP server's ASAP side, over kernel SCTP and the
+//! TCP mapping.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::builder::PossibleValue;
 use rserpool::registrar::{KeepAlivePeId, RateLimit, RegLifeUnit, RegistrarConfig};
 use rserpool::runtime::{
-    probe_sctp, EndpointUrl, Proto, RegistrarHandle, RegistrarOptions, RuntimeConfig, SctpSupport,
-    SignalPipe,
+    probe_sctp, EndpointUrl, Proto, RegistrarHandle, RegistrarOptions, RuntimeConfig, SctpParams,
+    SctpSupport, SignalPipe,
 };
 
 /// Timer and limit presets.
@@ -58,8 +58,9 @@ pub enum PeIdMode {
 #[derive(clap::Args, Debug)]
 pub struct RegistrarArgs {
     /// ASAP endpoint to listen on: tcp://HOST:PORT or sctp://HOST[,HOST...]:PORT
-    /// (repeatable; port 0 = ephemeral). Default: tcp://0.0.0.0:3863, plus
-    /// sctp://0.0.0.0:3863 when the kernel and runtime support SCTP.
+    /// (repeatable; port 0 = ephemeral; several SCTP hosts = one multi-homed
+    /// endpoint). Default: tcp://0.0.0.0:3863, plus sctp://0.0.0.0:3863 when
+    /// the kernel has SCTP.
     #[arg(long = "asap", value_name = "URL")]
     pub asap: Vec<String>,
     /// Preset for every timer and limit below.
@@ -151,6 +152,21 @@ pub struct RegistrarArgs {
     /// TCP mapping: close after this many unanswered HEARTBEATs.
     #[arg(long)]
     pub tcp_heartbeat_max_missed: Option<u32>,
+    /// SCTP: interval of the kernel's path HEARTBEATs (0 = kernel default).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub sctp_heartbeat_interval: Option<Duration>,
+    /// SCTP: retransmissions on a path before it counts as down (0 = kernel default).
+    #[arg(long)]
+    pub sctp_path_max_retrans: Option<u16>,
+    /// SCTP: initial retransmission timeout (0 = kernel default).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub sctp_rto_initial: Option<Duration>,
+    /// SCTP: least retransmission timeout (0 = kernel default).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub sctp_rto_min: Option<Duration>,
+    /// SCTP: greatest retransmission timeout (0 = kernel default).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub sctp_rto_max: Option<Duration>,
     /// Bytes of unsent output per connection before it is closed.
     #[arg(long)]
     pub max_write_buffer: Option<usize>,
@@ -237,6 +253,7 @@ fn defaults() -> Vec<(&'static str, String, String)> {
     let r = RegistrarConfig::default();
     let p = RegistrarConfig::rsplib_profile();
     let rt = RuntimeConfig::default();
+    let sp = SctpParams::default();
     let unit = |u: RegLifeUnit| match u {
         RegLifeUnit::Seconds => "s".to_string(),
         RegLifeUnit::Millis => "ms".to_string(),
@@ -360,6 +377,31 @@ fn defaults() -> Vec<(&'static str, String, String)> {
             rt.heartbeat_max_missed.to_string(),
         ),
         (
+            "sctp_heartbeat_interval",
+            fmt_duration(sp.heartbeat_interval),
+            fmt_duration(sp.heartbeat_interval),
+        ),
+        (
+            "sctp_path_max_retrans",
+            sp.path_max_retrans.to_string(),
+            sp.path_max_retrans.to_string(),
+        ),
+        (
+            "sctp_rto_initial",
+            fmt_duration(sp.rto_initial),
+            fmt_duration(sp.rto_initial),
+        ),
+        (
+            "sctp_rto_min",
+            fmt_duration(sp.rto_min),
+            fmt_duration(sp.rto_min),
+        ),
+        (
+            "sctp_rto_max",
+            fmt_duration(sp.rto_max),
+            fmt_duration(sp.rto_max),
+        ),
+        (
             "max_write_buffer",
             rt.max_write_buffer.to_string(),
             rt.max_write_buffer.to_string(),
@@ -453,6 +495,21 @@ pub fn options(a: &RegistrarArgs) -> Result<RegistrarOptions, String> {
     if let Some(v) = a.max_write_buffer {
         rt.max_write_buffer = v.max(4096);
     }
+    if let Some(v) = a.sctp_heartbeat_interval {
+        rt.sctp.heartbeat_interval = v;
+    }
+    if let Some(v) = a.sctp_path_max_retrans {
+        rt.sctp.path_max_retrans = v;
+    }
+    if let Some(v) = a.sctp_rto_initial {
+        rt.sctp.rto_initial = v;
+    }
+    if let Some(v) = a.sctp_rto_min {
+        rt.sctp.rto_min = v;
+    }
+    if let Some(v) = a.sctp_rto_max {
+        rt.sctp.rto_max = v;
+    }
     if let Some(v) = a.max_connections {
         rt.max_connections = v;
     }
@@ -470,17 +527,15 @@ pub fn options(a: &RegistrarArgs) -> Result<RegistrarOptions, String> {
     if a.asap.is_empty() {
         rt.listen
             .push(EndpointUrl::parse("tcp://0.0.0.0:3863").map_err(|e| e.to_string())?);
-        // SCTP joins the defaults once the runtime has an SCTP transport.
+        if sctp.is_available() {
+            rt.listen
+                .push(EndpointUrl::parse("sctp://0.0.0.0:3863").map_err(|e| e.to_string())?);
+        }
     } else {
         for s in &a.asap {
             let u = EndpointUrl::parse(s).map_err(|e| e.to_string())?;
-            if u.proto == Proto::Sctp {
-                return Err(match sctp {
-                    SctpSupport::Available => {
-                        format!("{s}: the SCTP transport is not implemented yet; use tcp://")
-                    }
-                    _ => format!("{s}: this kernel has no SCTP support; use tcp://"),
-                });
+            if u.proto == Proto::Sctp && !sctp.is_available() {
+                return Err(format!("{s}: this kernel has no SCTP support; use tcp://"));
             }
             rt.listen.push(u);
         }
@@ -500,9 +555,7 @@ pub fn run(a: RegistrarArgs) -> i32 {
         Err(e) => return fail(e),
     };
     match probe_sctp() {
-        SctpSupport::Available => eprintln!(
-            "rserpool registrar: the kernel has SCTP, but the SCTP transport is not implemented yet: serving ASAP over TCP only"
-        ),
+        SctpSupport::Available => {}
         SctpSupport::Missing => eprintln!(
             "rserpool registrar: no kernel SCTP support: serving ASAP over TCP (TCP mapping) only"
         ),

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# tests/interop/check-capture.sh CAP.pcap — wire-format check of an SCTP suite
+# capture with Wireshark's dissectors (ASAP = SCTP PPID 11, ENRP = PPID 12):
+# there must be ASAP frames, no malformed packet, and no ASAP/ENRP expert
+# item of severity warning or above. Prints PASS/FAIL lines; exit 0 on PASS.
+set -uo pipefail
+cap=${1:?usage: check-capture.sh CAP.pcap}
+command -v tshark >/dev/null || { echo "FAIL: tshark is not installed"; exit 1; }
+n_asap=$(tshark -r "$cap" -Y asap 2>/dev/null | wc -l)
+n_enrp=$(tshark -r "$cap" -Y enrp 2>/dev/null | wc -l)
+bad=$(tshark -r "$cap" -Y '_ws.malformed || ((asap || enrp) && _ws.expert.severity >= warning)' 2>/dev/null)
+echo "    | ASAP messages by type:"
+tshark -r "$cap" -Y asap -T fields -e asap.message_type 2>/dev/null | tr ',' '\n' | sort | uniq -c |
+  sort -rn | sed 's/^/    |   /'
+if [ "$n_asap" -gt 0 ] && [ -z "$bad" ]; then
+  echo "PASS: tshark: $n_asap ASAP / $n_enrp ENRP frames, none malformed, no ASAP/ENRP expert warnings"
+  exit 0
+fi
+echo "FAIL: tshark: $n_asap ASAP frames; problems:"
+printf '%s\n' "$bad" | head -20 | sed 's/^/    | /'
+exit 1
