@@ -332,3 +332,44 @@ func TestLeastUsedLoad(t *testing.T) {
 	}
 	waitFor(a.ID)
 }
+
+// Closing a context under blocked calls ends them with an error, never a
+// crash; every goroutine sees the close.
+func TestCloseWhileBlocked(t *testing.T) {
+	ctx, err := NewContext(Config{Registrars: []string{"tcp://127.0.0.1:1"}, Timers: map[Timer]time.Duration{
+		TimerT1Request: 500 * time.Millisecond, TimerT5ServerHunt: 100 * time.Millisecond,
+		TimerRetranMax: 300 * time.Millisecond, TimerShutdown: 0,
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	results := make(chan error, 3)
+	for i := 0; i < 3; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			end := time.Now().Add(deadline)
+			for time.Now().Before(end) {
+				_, err := ctx.GetPrimaryServer("go-echo")
+				if errors.Is(err, ErrNoRegistrar) || errors.Is(err, ErrTimeout) {
+					continue
+				}
+				results <- err
+				return
+			}
+			results <- errors.New("the close was never seen")
+		}()
+	}
+	time.Sleep(200 * time.Millisecond)
+	if err := ctx.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	close(results)
+	for err := range results {
+		if !errors.Is(err, ErrInvalidHandle) {
+			t.Fatalf("after Close: %v", err)
+		}
+	}
+}

@@ -99,6 +99,19 @@ def test_version_and_layout():
     assert lib.rserpool_server_info_size() == ctypes.sizeof(rserpool._ServerInfo)
 
 
+def test_library_checks():
+    # Not librserpool: refused by name, and the loaded library stays in use.
+    with pytest.raises(rserpool.LibraryError, match="lacks rserpool_"):
+        rserpool.load_library("libc.so.6")
+    with pytest.raises(rserpool.LibraryError, match="no such file|not found|cannot open"):
+        rserpool.load_library("/nonexistent/librserpool.so")
+    assert rserpool.version() == "0.1.0"
+    assert rserpool._compatible(rserpool.API_VERSION)
+    assert rserpool._compatible(rserpool.API_VERSION + 1)  # a patch release
+    assert not rserpool._compatible(rserpool.API_VERSION + 100)  # 0.x minor: breaking
+    assert not rserpool._compatible(rserpool.API_VERSION + 10000)
+
+
 def test_decode():
     d = rserpool.decode(HR_ABC)
     assert d["type"] == "ASAP_HANDLE_RESOLUTION"
@@ -183,6 +196,36 @@ def test_closed_context_raises():
             pass
     with pe:  # leaving a PE block of a closed context is quiet
         pass
+
+
+def test_close_while_another_thread_waits():
+    """Closing a context under a blocked call ends that call with an error,
+    never a crash; calls after close raise."""
+    timers = dict(FAST, t1=0.5, t2=0.5, shutdown=0)
+    ctx = rserpool.Context(registrars=["tcp://127.0.0.1:1"], timers=timers)
+    ended = []
+
+    def worker() -> None:
+        # Until the close is seen; every call before it fails (no registrar).
+        end = time.monotonic() + DEADLINE_S
+        while time.monotonic() < end:
+            try:
+                ctx.get_primary_server(POOL)
+            except rserpool.InvalidHandle as e:
+                ended.append(e)
+                return
+            except (rserpool.NoRegistrar, rserpool.Timeout):
+                continue
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    ctx.close()
+    for t in threads:
+        t.join(DEADLINE_S)
+        assert not t.is_alive()
+    assert len(ended) == 3
 
 
 def test_argument_errors():
