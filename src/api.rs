@@ -34,7 +34,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -48,6 +48,7 @@ use crate::asap::{
 };
 use crate::runtime::client::{ClientDriver, ClientHandler};
 use crate::runtime::registrar::random_u64;
+use crate::runtime::sys::shared_udp_socket;
 use crate::runtime::{EndpointUrl, EventLoop, LoopHandle, Proto, RuntimeConfig, StartError};
 use crate::time::Time;
 use crate::wire::{cause, Policy, PoolElement, PoolHandle, Transport};
@@ -648,13 +649,13 @@ fn listen_announces(
     let os = |what: &str, e: std::io::Error| Error::Os(format!("{what} {group}: {e}"));
     let sock = match group {
         SocketAddr::V4(g) => {
-            let s = UdpSocket::bind(("0.0.0.0", g.port())).map_err(|e| os("binding", e))?;
+            let s = shared_udp_socket(false, g.port()).map_err(|e| os("binding", e))?;
             s.join_multicast_v4(g.ip(), &std::net::Ipv4Addr::UNSPECIFIED)
                 .map_err(|e| os("joining", e))?;
             s
         }
         SocketAddr::V6(g) => {
-            let s = UdpSocket::bind(("::", g.port())).map_err(|e| os("binding", e))?;
+            let s = shared_udp_socket(true, g.port()).map_err(|e| os("binding", e))?;
             s.join_multicast_v6(g.ip(), 0)
                 .map_err(|e| os("joining", e))?;
             s

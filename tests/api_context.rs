@@ -93,3 +93,50 @@ fn sctp_registrar_is_refused_clearly() {
     c.add_registrar("sctp://127.0.0.1:3863").unwrap();
     assert!(matches!(Context::new(c), Err(Error::Unsupported(_))));
 }
+
+#[test]
+fn registrars_learned_from_announces() {
+    // A registrar announcing on a multicast group, and a context that knows
+    // no registrar but listens to the group. Skipped where the host has no
+    // multicast route (containers without one).
+    let group: std::net::SocketAddr = "239.255.77.77:47311".parse().unwrap();
+    let mut opts = RegistrarOptions::default();
+    opts.runtime.listen = vec![EndpointUrl::parse("tcp://127.0.0.1:0").unwrap()];
+    opts.runtime.announce = Some(group);
+    let reg = match RegistrarHandle::start(opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("skipped: no multicast here ({e})");
+            return;
+        }
+    };
+    let mut c = Config {
+        announce: Some(group),
+        ..Config::default()
+    };
+    c.client.t2_registration = Duration::from_secs(3);
+    c.client.t5_server_hunt = Duration::from_millis(200);
+    c.client.announce_default_port = None;
+    let ctx = match Context::new(c) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            eprintln!("skipped: cannot join the group ({e})");
+            return;
+        }
+    };
+    // A second listener on the same group and port (SO_REUSEADDR).
+    let c2 = Config {
+        announce: Some(group),
+        ..Config::default()
+    };
+    let ctx2 = Context::new(c2).expect("a second context shares the group port");
+    drop(ctx2);
+    let id = ctx
+        .register_pe(PeParams::new("announced", tcp(7100), Policy::RoundRobin))
+        .unwrap();
+    assert_eq!(
+        ctx.home().unwrap().map(|a| a.port()),
+        Some(reg.local_addrs()[0].1.port())
+    );
+    ctx.deregister(id).unwrap();
+}

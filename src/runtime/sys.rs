@@ -1,5 +1,6 @@
-//! The few libc calls the runtime needs: probing for kernel SCTP and turning
-//! SIGINT/SIGTERM into bytes on a pipe (the self-pipe trick).
+//! The few libc calls the runtime needs: probing for kernel SCTP, turning
+//! SIGINT/SIGTERM into bytes on a pipe (the self-pipe trick), and a UDP
+//! socket several listeners can share (SO_REUSEADDR, for announces).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -150,6 +151,89 @@ impl Drop for SignalPipe {
         // Handlers stay installed but stop writing before the pipe closes.
         SIGNAL_PIPE_WR.store(-1, Ordering::SeqCst);
     }
+}
+
+/// A UDP socket bound to the wildcard address and `port` with SO_REUSEADDR,
+/// so several processes (and contexts) on one host can all receive the
+/// datagrams of one multicast group (e.g. registrar announces).
+pub fn shared_udp_socket(v6: bool, port: u16) -> io::Result<std::net::UdpSocket> {
+    let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+    // SAFETY: socket(2) takes plain integers and returns a new descriptor or -1.
+    let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a descriptor we just opened and own from here on.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt(2) reads `size_of::<c_int>()` bytes from `&one`, a live local.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let sock = std::net::UdpSocket::from(fd);
+    let addr: std::net::SocketAddr = if v6 {
+        (std::net::Ipv6Addr::UNSPECIFIED, port).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, port).into()
+    };
+    // std binds while creating a socket, too early to set the option: bind here.
+    bind_udp(&sock, addr)?;
+    Ok(sock)
+}
+
+fn bind_udp(sock: &std::net::UdpSocket, addr: std::net::SocketAddr) -> io::Result<()> {
+    let rc = match addr {
+        std::net::SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: bind(2) reads `size_of_val(&sin)` bytes from a live local.
+            unsafe {
+                libc::bind(
+                    sock.as_raw_fd(),
+                    (&sin as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of_val(&sin) as libc::socklen_t,
+                )
+            }
+        }
+        std::net::SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe {
+                libc::bind(
+                    sock.as_raw_fd(),
+                    (&sin6 as *const libc::sockaddr_in6).cast(),
+                    std::mem::size_of_val(&sin6) as libc::socklen_t,
+                )
+            }
+        }
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
