@@ -1,0 +1,3 @@
+module example.org/rserpool
+
+go 1.19

@@ -1,0 +1,375 @@
+package rserpool
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// deadline is generous: the tests must pass on a loaded 2-core machine.
+const deadline = 60 * time.Second
+
+// fast timers: failures come quickly, still enough for a loaded machine.
+var fast = map[Timer]time.Duration{
+	TimerT1Request:        2 * time.Second,
+	TimerT2Registration:   2 * time.Second,
+	TimerT3Deregistration: 2 * time.Second,
+	TimerT5ServerHunt:     100 * time.Millisecond,
+	TimerRetranMax:        300 * time.Millisecond,
+	TimerStaleCache:       100 * time.Millisecond,
+	TimerShutdown:         time.Second,
+}
+
+// registrar starts `rserpool registrar --asap tcp://127.0.0.1:0` (the binary
+// from RSERPOOL_BIN, else the repository's target/debug) and returns its URL;
+// the process is killed when the test ends.
+func registrar(t *testing.T) string {
+	t.Helper()
+	bin := os.Getenv("RSERPOOL_BIN")
+	if bin == "" {
+		bin = filepath.Join("..", "..", "..", "target", "debug", "rserpool")
+	}
+	cmd := exec.Command(bin, "registrar", "--asap", "tcp://127.0.0.1:0")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v (set RSERPOOL_BIN)", bin, err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	urls := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			// (strings.CutPrefix would need Go 1.20; Debian 12 has 1.19.)
+			if line := sc.Text(); strings.HasPrefix(line, "listening asap ") {
+				urls <- strings.TrimSpace(strings.TrimPrefix(line, "listening asap "))
+			}
+		}
+		_, _ = io.Copy(io.Discard, out)
+	}()
+	select {
+	case u := <-urls:
+		return u
+	case <-time.After(deadline):
+		t.Fatalf("registrar did not start: %s", stderr.String())
+	}
+	return ""
+}
+
+// echoServer is a TCP echo server on an ephemeral loopback port.
+type echoServer struct {
+	ln   net.Listener
+	port uint16
+	wg   sync.WaitGroup
+}
+
+func newEcho(t *testing.T) *echoServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &echoServer{ln: ln, port: uint16(ln.Addr().(*net.TCPAddr).Port)}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+	t.Cleanup(s.stop)
+	return s
+}
+
+// stop closes the listening socket: connects are refused from then on.
+func (s *echoServer) stop() {
+	_ = s.ln.Close()
+	s.wg.Wait()
+}
+
+func echo(t *testing.T, srv *ServerInfo, msg string) string {
+	t.Helper()
+	c, err := srv.Dial(deadline)
+	if err != nil {
+		t.Fatalf("dial %s: %v", srv.Address(), err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(deadline))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatal(err)
+	}
+	return string(buf)
+}
+
+func newCtx(t *testing.T, url string, timers map[Timer]time.Duration) *Context {
+	t.Helper()
+	ctx, err := NewContext(Config{Registrars: []string{url}, Timers: timers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ctx.Close() })
+	return ctx
+}
+
+func TestVersionAndDecode(t *testing.T) {
+	if Version() != "0.1.0" || VersionNumber() != APIVersion {
+		t.Fatalf("version %s / %d", Version(), VersionNumber())
+	}
+	if err := checkLibrary(); err != nil {
+		t.Fatal(err)
+	}
+	hrABC := []byte{0x05, 0x00, 0x00, 0x0b, 0x00, 0x09, 0x00, 0x07, 0x61, 0x62, 0x63, 0x00}
+	m, err := Decode(hrABC, PPIDASAP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m["type"] != "ASAP_HANDLE_RESOLUTION" || m["pool_handle"] != "abc" {
+		t.Fatalf("decoded %v", m)
+	}
+	bad := append([]byte(nil), hrABC...)
+	bad[7] = 0x02
+	if _, err := Decode(bad, PPIDASAP); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("malformed: %v", err)
+	}
+	if _, err := Decode(hrABC, 99); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("bad ppid: %v", err)
+	}
+	if _, err := Decode(nil, PPIDASAP); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("empty: %v", err)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	_, err := NewContext(Config{Registrars: []string{"not a url"}})
+	var e *Error
+	if !errors.As(err, &e) || e.Code != -2 {
+		t.Fatalf("bad URL: %v", err)
+	}
+	if _, err := NewContext(Config{Timers: map[Timer]time.Duration{TimerT2Registration: 0}}); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("T2 0: %v", err)
+	}
+}
+
+func TestClosedContext(t *testing.T) {
+	ctx, err := NewContext(Config{Registrars: []string{"tcp://127.0.0.1:1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pe := &PoolElement{ctx: ctx, Pool: "x", ID: 1}
+	if err := ctx.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ctx.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := ctx.GetPrimaryServer("go-echo"); !errors.Is(err, ErrInvalidHandle) {
+		t.Fatalf("closed: %v", err)
+	}
+	if _, err := ctx.RegisterPE("go-echo", PEParams{Port: 7, Addresses: []string{"127.0.0.1"}}); !errors.Is(err, ErrInvalidHandle) {
+		t.Fatalf("closed: %v", err)
+	}
+	if err := pe.UpdateLoad(1); !errors.Is(err, ErrInvalidHandle) {
+		t.Fatalf("closed: %v", err)
+	}
+}
+
+func TestNoRegistrar(t *testing.T) {
+	timers := map[Timer]time.Duration{
+		TimerT1Request: 200 * time.Millisecond, TimerT2Registration: 200 * time.Millisecond,
+		TimerT3Deregistration: 200 * time.Millisecond, TimerT5ServerHunt: 100 * time.Millisecond,
+		TimerRetranMax: 300 * time.Millisecond, TimerShutdown: 0,
+	}
+	ctx := newCtx(t, "tcp://127.0.0.1:1", timers)
+	_, err := ctx.RegisterPE("go-echo", PEParams{Port: 7, Addresses: []string{"127.0.0.1"}})
+	if !errors.Is(err, ErrNoRegistrar) && !errors.Is(err, ErrTimeout) {
+		t.Fatalf("register: %v", err)
+	}
+	_, err = ctx.GetPrimaryServer("go-echo")
+	if !errors.Is(err, ErrNoRegistrar) && !errors.Is(err, ErrTimeout) {
+		t.Fatalf("resolve: %v", err)
+	}
+	if _, err := ctx.RegisterPE("go-echo", PEParams{Port: 0, Addresses: []string{"127.0.0.1"}}); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("port 0: %v", err)
+	}
+}
+
+// Two PEs with echo servers; a PU talks to one, it dies, GetNextServer moves
+// to the other and the echo still works.
+func TestRegisterResolveFailover(t *testing.T) {
+	url := registrar(t)
+	const pool = "go-echo"
+	peCtx := newCtx(t, url, fast)
+	puCtx := newCtx(t, url, fast)
+
+	servers := map[uint32]*echoServer{}
+	for i := 0; i < 2; i++ {
+		s := newEcho(t)
+		pe, err := peCtx.RegisterPE(pool, PEParams{Port: s.port, Addresses: []string{"127.0.0.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st, err := pe.Status(); err != nil || st != Registered {
+			t.Fatalf("status %v %v", st, err)
+		}
+		servers[pe.ID] = s
+	}
+	if len(servers) != 2 {
+		t.Fatal("the PE identifiers are not distinct")
+	}
+
+	first, err := puCtx.GetPrimaryServer(pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, ok := servers[first.ID]
+	if !ok || first.Transport != TCP || first.Port != s.port || first.Policy.Type != RoundRobin {
+		t.Fatalf("unexpected server %+v", first)
+	}
+	if len(first.Addresses) != 1 || first.Addresses[0] != "127.0.0.1" || first.AddrTotal != 1 {
+		t.Fatalf("addresses %v", first.Addresses)
+	}
+	if got := echo(t, first, "hello pool"); got != "hello pool" {
+		t.Fatalf("echo %q", got)
+	}
+
+	s.stop()
+	if c, err := first.Dial(deadline); err == nil {
+		c.Close()
+		t.Fatal("the stopped server still accepts")
+	}
+	other, err := puCtx.GetNextServer(pool, first.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other.ID == first.ID || servers[other.ID] == nil {
+		t.Fatalf("failed over to %+v", other)
+	}
+	if got := echo(t, other, "after failover"); got != "after failover" {
+		t.Fatalf("echo %q", got)
+	}
+	again, err := puCtx.GetPrimaryServer(pool)
+	if err != nil || again.ID != other.ID {
+		t.Fatalf("the failed PE is not skipped: %+v %v", again, err)
+	}
+	if err := puCtx.ReportFailure(pool, first.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	dead := &PoolElement{ctx: peCtx, Pool: pool, ID: first.ID}
+	if err := dead.Deregister(); err != nil {
+		t.Fatal(err)
+	}
+	if err := dead.Deregister(); !errors.Is(err, ErrUnknownPE) {
+		t.Fatalf("second Deregister: %v", err)
+	}
+
+	if _, err := puCtx.GetPrimaryServer("go-no-such-pool"); !errors.Is(err, ErrUnknownPool) || !errors.Is(err, ErrProtocol) {
+		t.Fatalf("unknown pool: %v", err)
+	}
+}
+
+func TestLeastUsedLoad(t *testing.T) {
+	url := registrar(t)
+	const pool = "go-lu"
+	peCtx := newCtx(t, url, fast)
+	puCtx := newCtx(t, url, fast)
+	lu := func(load uint32) Policy { return Policy{Type: LeastUsed, Load: load} }
+	a, err := peCtx.RegisterPE(pool, PEParams{Port: 7101, Addresses: []string{"127.0.0.1"}, Policy: lu(MaxLoad / 10)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := peCtx.RegisterPE(pool, PEParams{Port: 7102, Addresses: []string{"127.0.0.1"}, Policy: lu(MaxLoad / 2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor := func(want uint32) {
+		t.Helper()
+		end := time.Now().Add(deadline)
+		for time.Now().Before(end) {
+			if s, err := puCtx.GetPrimaryServer(pool); err == nil && s.ID == want {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Fatalf("PE %#x never chosen", want)
+	}
+	waitFor(a.ID)
+	if err := a.UpdateLoad(MaxLoad - MaxLoad/10); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(b.ID)
+	if err := a.UpdatePolicy(Policy{Type: RoundRobin}); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("policy type change: %v", err)
+	}
+	if err := b.Deregister(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(a.ID)
+}
+
+// Closing a context under blocked calls ends them with an error, never a
+// crash; every goroutine sees the close.
+func TestCloseWhileBlocked(t *testing.T) {
+	ctx, err := NewContext(Config{Registrars: []string{"tcp://127.0.0.1:1"}, Timers: map[Timer]time.Duration{
+		TimerT1Request: 500 * time.Millisecond, TimerT5ServerHunt: 100 * time.Millisecond,
+		TimerRetranMax: 300 * time.Millisecond, TimerShutdown: 0,
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	results := make(chan error, 3)
+	for i := 0; i < 3; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			end := time.Now().Add(deadline)
+			for time.Now().Before(end) {
+				_, err := ctx.GetPrimaryServer("go-echo")
+				if errors.Is(err, ErrNoRegistrar) || errors.Is(err, ErrTimeout) {
+					continue
+				}
+				results <- err
+				return
+			}
+			results <- errors.New("the close was never seen")
+		}()
+	}
+	time.Sleep(200 * time.Millisecond)
+	if err := ctx.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	close(results)
+	for err := range results {
+		if !errors.Is(err, ErrInvalidHandle) {
+			t.Fatalf("after Close: %v", err)
+		}
+	}
+}
