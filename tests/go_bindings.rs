@@ -10,7 +10,6 @@
 //! cache is target/go-cache unless GOCACHE is set.
 
 mod bindings_util;
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -71,9 +70,9 @@ fn go_bindings() {
     println!("{tested}");
 
     // The example, built and run against a registrar process.
-    let exe = lib_dir().join("rserpool-go-example");
+    let exe = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rserpool-go-example");
     must(go(&["build", "-o", exe.to_str().unwrap(), "./example"]));
-    let reg = common::Proc::start(&[]);
+    let reg = bindings_util::common::Proc::start(&[]);
     let mut cmd = Command::new(&exe);
     cmd.args([
         "-registrar",

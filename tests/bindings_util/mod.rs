@@ -17,19 +17,13 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rserpool"))
 }
 
-/// The directory holding the librserpool.so this `cargo test` built: beside
-/// the binary (target/<profile>/).
+#[path = "../common/mod.rs"]
+pub mod common;
+
+/// The directory holding the librserpool.so this `cargo test` built (see
+/// `tests/common::lib_dir`: target/<profile>/deps first).
 pub fn lib_dir() -> PathBuf {
-    let dir = bin()
-        .parent()
-        .expect("binary has a directory")
-        .to_path_buf();
-    assert!(
-        dir.join("librserpool.so").exists(),
-        "{} not built (cargo test builds it with the library)",
-        dir.join("librserpool.so").display()
-    );
-    dir
+    common::lib_dir()
 }
 
 /// What a finished command left.
