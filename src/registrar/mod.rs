@@ -76,6 +76,7 @@
 //!   the number of other announcing servers (that needs ENRP).
 
 mod config;
+mod enrp;
 mod space;
 mod util;
 
@@ -83,6 +84,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 
 pub use config::{KeepAlivePeId, RateLimit, RegLifeUnit, RegistrarConfig};
+pub use enrp::{EnrpStats, PeerInfo, PeerState, StartupState, CORE_CONN_BIT};
 
 use space::{PeKey, Space};
 use util::{Rng, Timers, TokenBucket};
@@ -92,7 +94,7 @@ use crate::time::Time;
 use crate::wire::param::param_bytes;
 use crate::wire::{
     asap_type, cause, transport_use, AsapMessage, DecodeError, EnrpBody, EnrpMessage, ErrorCause,
-    Param, PoolElement, PoolHandle, Transport, MAX_LENGTH,
+    Param, PoolElement, PoolHandle, Transport, UpdateAction, MAX_LENGTH,
 };
 
 /// SCTP payload protocol identifier of ASAP.
@@ -147,6 +149,19 @@ pub enum Output {
     Announce {
         /// The message bytes.
         msg: Vec<u8>,
+    },
+    /// Open a connection (to an ENRP peer, or to a taken-over PE's SCTP
+    /// endpoint). The core picked `conn` with [`CORE_CONN_BIT`] set, so it never
+    /// collides with the runtime's ids for accepted connections (bit 63 clear).
+    /// Answer with [`Registrar::handle_connected`] (same `conn`) or
+    /// [`Registrar::handle_connect_failed`].
+    Connect {
+        /// The id the connection will have.
+        conn: ConnId,
+        /// Where to connect (an ENRP endpoint, or a PE's ASAP endpoint).
+        addr: SocketAddr,
+        /// TCP (with the TCP mapping) or SCTP, as the peer's transport says.
+        kind: ConnKind,
     },
 }
 
@@ -204,7 +219,8 @@ pub struct RegistrarStats {
     pub errors_received: u64,
     /// ENRP_HANDLE_TABLE_RESPONSE chunks sent.
     pub handle_table_responses: u64,
-    /// ENRP messages not handled yet (ENRP peering comes later).
+    /// Unused since ENRP peering exists (kept for compatibility; see
+    /// [`Registrar::enrp_stats`]).
     pub enrp_ignored: u64,
     /// Server announces produced.
     pub announces: u64,
@@ -223,6 +239,20 @@ enum Timer {
     TableSession(ConnId),
     /// Send a server announce.
     Announce,
+    /// ENRP: send a presence to every peer (PEER-HEARTBEAT-CYCLE).
+    Heartbeat,
+    /// ENRP: reconnect to configured peers that are not connected.
+    Redial,
+    /// ENRP: next start-up step, or the current one timed out.
+    Startup,
+    /// ENRP: has this peer been silent for MAX-TIME-LAST-HEARD?
+    PeerCheck(u32),
+    /// ENRP: the probe of this peer went unanswered.
+    ProbeTimeout(u32),
+    /// ENRP: the W=1 resync request went unanswered.
+    Resync,
+    /// ENRP: takeover of this peer (ours, or one we acked) timed out.
+    Takeover(u32),
 }
 
 /// A handle-table download in progress on one connection.
@@ -246,6 +276,10 @@ struct Conn {
     /// Subscribed pools and the item count asked for.
     subscriptions: BTreeMap<PoolHandle, u32>,
     table: Option<TableCursor>,
+    /// The ENRP peer speaking on this connection, once known.
+    peer: Option<u32>,
+    /// For connections we initiated to an ENRP endpoint: its address.
+    dialed: Option<SocketAddr>,
 }
 
 /// Per-PE state of the PEs this server owns.
@@ -288,6 +322,8 @@ pub struct Registrar {
     timers: Timers<Timer>,
     out: VecDeque<Output>,
     stats: RegistrarStats,
+    enrp: enrp::Enrp,
+    enrp_stats: EnrpStats,
 }
 
 /// Room for the fixed parts of a handle-table response (header, ids) and
@@ -326,9 +362,20 @@ impl Registrar {
             timers: Timers::default(),
             out: VecDeque::new(),
             stats: RegistrarStats::default(),
+            enrp: enrp::Enrp::new(false),
+            enrp_stats: EnrpStats::default(),
         };
         if r.config.announce_interval.is_some() {
             r.timers.set(Timer::Announce, now);
+        }
+        if !r.config.peers.is_empty() {
+            r.enrp = enrp::Enrp::new(true);
+            // Start-up begins at the first handle_timeout (poll_timeout says now).
+            r.timers.set(Timer::Startup, now);
+            r.timers.set(
+                Timer::Redial,
+                now + enrp::min_period(r.config.peer_reconnect_interval),
+            );
         }
         r
     }
@@ -395,7 +442,8 @@ impl Registrar {
 
     // ---------------------------------------------------------- handle_*
 
-    /// A connection (SCTP association or TCP connection) was accepted.
+    /// A connection (SCTP association or TCP connection) was accepted, or one
+    /// the core asked for with [`Output::Connect`] is up.
     pub fn handle_connected(&mut self, conn: ConnId, info: ConnInfo, now: Time) {
         self.advance(now);
         let now = self.now;
@@ -415,9 +463,12 @@ impl Registrar {
                 owned: BTreeSet::new(),
                 subscriptions: BTreeMap::new(),
                 table: None,
+                peer: None,
+                dialed: None,
             },
         );
         self.arm_idle(conn, now);
+        self.enrp_connected(conn);
         self.flush();
     }
 
@@ -461,6 +512,9 @@ impl Registrar {
         let now = self.now;
         for (handle, pe) in self.space.expire(now) {
             self.stats.expiries += 1;
+            if pe.home == self.server_id {
+                self.broadcast_update(UpdateAction::DEL_PE, handle.clone(), pe.clone());
+            }
             let key = (handle.clone(), pe.id);
             if let Some(o) = self.forget_owned(&key) {
                 if !o.orphan {
@@ -476,7 +530,7 @@ impl Registrar {
         }
         while let Some(t) = self.timers.pop_due(now) {
             match t {
-                Timer::KeepAlive(key) => self.keep_alive_due(key),
+                Timer::KeepAlive(key) => self.send_keep_alive(key, false),
                 Timer::KeepAliveTimeout(key) => {
                     if self.owned.get(&key).is_some_and(|o| o.awaiting_ack) {
                         self.stats.keep_alive_failures += 1;
@@ -490,6 +544,13 @@ impl Registrar {
                     }
                 }
                 Timer::Announce => self.announce(),
+                Timer::Heartbeat => self.heartbeat(),
+                Timer::Redial => self.redial(),
+                Timer::Startup => self.startup_timer(),
+                Timer::PeerCheck(id) => self.peer_check(id),
+                Timer::ProbeTimeout(id) => self.probe_timeout(id),
+                Timer::Resync => self.abort_resync(),
+                Timer::Takeover(id) => self.takeover_timer(id),
             }
         }
         self.flush();
@@ -544,7 +605,11 @@ impl Registrar {
         if c.closing {
             return;
         }
-        if !c.owned.is_empty() || !c.subscriptions.is_empty() || c.table.is_some() {
+        if !c.owned.is_empty()
+            || !c.subscriptions.is_empty()
+            || c.table.is_some()
+            || c.peer.is_some()
+        {
             // Busy connections are never idle; look again later.
             self.arm_idle(conn, now);
         } else if due <= now {
@@ -740,6 +805,11 @@ impl Registrar {
                     self.dirty.insert(pool_handle.clone());
                 }
                 self.take_ownership(conn, key, rsplib);
+                // RFC 5353 §3.3: tell the peers, complete with home and ASAP
+                // transport.
+                if let Some(full) = self.space.get(&pool_handle, pe_id) {
+                    self.broadcast_update(UpdateAction::ADD_PE, pool_handle.clone(), full);
+                }
                 None
             }
             Err(c) => {
@@ -972,45 +1042,10 @@ impl Registrar {
                 }
                 if at <= now {
                     self.timers.cancel(&Timer::KeepAlive(key.clone()));
-                    self.keep_alive_due(key);
+                    self.send_keep_alive(key, false);
                 }
             }
         }
-    }
-
-    /// Send a keep-alive to an owned PE and wait for the ack.
-    fn keep_alive_due(&mut self, key: PeKey) {
-        let now = self.now;
-        let mode = self.config.keep_alive_pe_id;
-        let Some(o) = self.owned.get_mut(&key) else {
-            return;
-        };
-        if o.orphan {
-            return;
-        }
-        if o.awaiting_ack {
-            return;
-        }
-        o.awaiting_ack = true;
-        o.last_keep_alive = Some(now);
-        let with_id = match mode {
-            KeepAlivePeId::Always => true,
-            KeepAlivePeId::Never => false,
-            KeepAlivePeId::Auto => o.rsplib,
-        };
-        let conn = o.conn;
-        let msg = AsapMessage::EndpointKeepAlive {
-            home: false,
-            server_id: self.server_id,
-            pool_handle: key.0.clone(),
-            pe_id: with_id.then_some(key.1),
-        };
-        self.stats.keep_alives_sent += 1;
-        self.send_asap(conn, &msg);
-        self.timers.set(
-            Timer::KeepAliveTimeout(key),
-            now + self.config.keep_alive_timeout,
-        );
     }
 
     /// Forget a PE's ownership state and timers; the state, if it was owned.
@@ -1027,7 +1062,14 @@ impl Registrar {
     /// Remove a PE from the handlespace and everything that refers to it.
     fn remove_pe(&mut self, key: &PeKey, why: Removal) {
         self.forget_owned(key);
+        let ours = self
+            .space
+            .get(&key.0, key.1)
+            .filter(|pe| pe.home == self.server_id);
         if self.space.remove(&key.0, key.1) {
+            if let Some(pe) = ours {
+                self.broadcast_update(UpdateAction::DEL_PE, key.0.clone(), pe);
+            }
             self.dirty.insert(key.0.clone());
             if why == Removal::ConnectionLoss {
                 self.stats.connection_loss_removals += 1;
@@ -1037,8 +1079,10 @@ impl Registrar {
 
     fn drop_conn(&mut self, conn: ConnId) {
         let Some(c) = self.conns.remove(&conn) else {
+            self.enrp_closed(conn, None);
             return;
         };
+        self.enrp_closed(conn, c.peer);
         self.timers.cancel(&Timer::Idle(conn));
         self.timers.cancel(&Timer::TableSession(conn));
         for handle in c.subscriptions.keys() {
@@ -1081,13 +1125,7 @@ impl Registrar {
                 msg: msg.to_bytes(),
             });
         }
-        match d.msg.body {
-            EnrpBody::HandleTableRequest { own_children_only } => {
-                self.on_table_request(conn, d.msg.sender, own_children_only)
-            }
-            EnrpBody::Error(_) => self.stats.errors_received += 1,
-            _ => self.stats.enrp_ignored += 1,
-        }
+        self.on_enrp_message(conn, d.msg);
     }
 
     fn send_enrp_error(&mut self, conn: ConnId, bytes: &[u8], report: ErrorCause) {
