@@ -10,6 +10,8 @@
 
 pub mod handlespace;
 pub mod registrar;
+#[doc(hidden)]
+pub mod sim;
 pub mod time;
 pub mod wire;
 

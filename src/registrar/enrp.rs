@@ -293,6 +293,49 @@ impl Registrar {
         self.enrp_stats.clone()
     }
 
+    /// Whether this server owns the PE (a registration here, or a takeover).
+    pub fn owns(&self, handle: &PoolHandle, pe_id: u32) -> bool {
+        self.owned.contains_key(&(handle.clone(), pe_id))
+    }
+
+    /// Internal consistency, for tests and simulations: the PEs the
+    /// handlespace says we own are exactly those we keep ownership state for;
+    /// marks exist only during a resync; peer connections exist. O(all PEs).
+    #[doc(hidden)]
+    pub fn check_consistency(&self) -> Result<(), String> {
+        let me = self.server_id;
+        let mut mine = 0usize;
+        for v in self.space.hs.iter_all() {
+            let key = (PoolHandle(v.handle().to_vec()), v.id());
+            if v.owner() == me {
+                mine += 1;
+                if !self.owned.contains_key(&key) {
+                    return Err(format!("PE {key:?} owned in the handlespace, not tracked"));
+                }
+            }
+            if v.is_marked() && self.enrp.resync.is_none() {
+                return Err(format!("PE {key:?} marked outside a resync"));
+            }
+        }
+        if mine != self.owned.len() {
+            return Err(format!(
+                "{} PEs tracked as owned, {mine} owned in the handlespace",
+                self.owned.len()
+            ));
+        }
+        if self.enrp.peers.contains_key(&me) {
+            return Err("we are our own peer".into());
+        }
+        for (id, p) in &self.enrp.peers {
+            if let Some(c) = p.conn {
+                if !self.conns.contains_key(&c) {
+                    return Err(format!("peer {id:#x} on a connection that is gone"));
+                }
+            }
+        }
+        Ok(())
+    }
+
     // ---------------------------------------------------------- handle_*
 
     /// A connection the core asked for with [`Output::Connect`] could not be
