@@ -40,8 +40,16 @@ fn pe(i: usize, regs: usize) -> PeSpec {
     }
 }
 
-/// One seeded run; Err carries the reason.
-fn run(seed: u64) -> Result<Sim, String> {
+/// One seeded run; Err carries the reason and the final state.
+fn run(seed: u64) -> Result<Sim, (String, Sim)> {
+    let mut sim = None;
+    match run_inner(seed, &mut sim) {
+        Ok(()) => Ok(sim.expect("set")),
+        Err(e) => Err((e, sim.expect("set"))),
+    }
+}
+
+fn run_inner(seed: u64, out: &mut Option<Sim>) -> Result<(), String> {
     let regs = 2 + (seed % 3) as usize; // 2..4 registrars
     let pes = 4 + (seed % 7) as usize;
     let faults = Faults {
@@ -51,7 +59,7 @@ fn run(seed: u64) -> Result<Sim, String> {
         reorder: if seed % 5 == 0 { 0.05 } else { 0.0 },
         fault_interval: Some(Duration::from_millis(1500)),
     };
-    let mut sim = Sim::new(seed, faults);
+    let sim = out.insert(Sim::new(seed, faults));
     for i in 0..regs {
         sim.add_registrar(fast(i, regs));
     }
@@ -64,8 +72,32 @@ fn run(seed: u64) -> Result<Sim, String> {
     sim.stop_faults();
     // Settle: dead PEs expire (6 s), takeovers and audits finish.
     sim.run_for(Duration::from_secs(30))?;
-    sim.check_converged()?;
-    Ok(sim)
+    sim.check_converged()
+}
+
+fn describe(sim: &Sim) {
+    println!("{:?}", sim.stats);
+    println!("  PEs (alive, registrar slot): {:?}", sim.pe_summary());
+    for i in sim.live_registrars() {
+        let r = sim.registrar(i).unwrap();
+        println!(
+            "  slot {i} id {:#x}: {} PEs, checksum {:#06x}, peers {:?}\n    {:?}",
+            r.server_id(),
+            r.pe_count(),
+            r.own_checksum(),
+            r.peers()
+                .iter()
+                .map(|p| (
+                    format!("{:#x}", p.id),
+                    p.state,
+                    p.pes,
+                    p.checksum_held,
+                    p.checksum_announced
+                ))
+                .collect::<Vec<_>>(),
+            r.enrp_stats(),
+        );
+    }
 }
 
 #[test]
@@ -100,25 +132,15 @@ fn many_seeds_converge() {
         match run(seed) {
             Ok(sim) => {
                 if std::env::var("RSERPOOL_SIM_SEED").is_ok() {
-                    println!("seed {seed}: {:?}", sim.stats);
-                    for i in sim.live_registrars() {
-                        let r = sim.registrar(i).unwrap();
-                        println!(
-                            "  slot {i} id {:#x}: {} PEs, peers {:?}\n    {:?}\n    {:?}",
-                            r.server_id(),
-                            r.pe_count(),
-                            r.peers()
-                                .iter()
-                                .map(|p| (p.id, p.state, p.pes))
-                                .collect::<Vec<_>>(),
-                            r.enrp_stats(),
-                            r.stats()
-                        );
-                    }
+                    println!("seed {seed}: ok");
+                    describe(&sim);
                 }
             }
-            Err(e) => {
+            Err((e, sim)) => {
                 eprintln!("seed {seed} FAILED: {e}\n  replay: RSERPOOL_SIM_SEED={seed} cargo test --test enrp_sim -- --nocapture");
+                if std::env::var("RSERPOOL_SIM_SEED").is_ok() {
+                    describe(&sim);
+                }
                 failures.push(seed);
             }
         }

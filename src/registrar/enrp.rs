@@ -721,11 +721,9 @@ impl Registrar {
         let mut revived = false;
         if let Some(p) = self.enrp.peers.get_mut(&sender) {
             p.last_heard = now;
-            if p.conn
-                .is_none_or(|c| self.conns.get(&c).is_none_or(|x| x.closing))
-            {
-                p.conn = Some(conn);
-            }
+            // Answer on the connection it last spoke on: that one works (a
+            // half-open older one may not).
+            p.conn = Some(conn);
             if p.addr.is_none() {
                 p.addr = dialed;
             }

@@ -126,8 +126,9 @@ enum Ev {
         msg: Vec<u8>,
     },
     Closed {
+        node: Node,
+        conn: ConnId,
         link: u64,
-        to: usize,
     },
     Connected {
         link: u64,
@@ -321,6 +322,22 @@ impl Sim {
         i
     }
 
+    /// Every PE: id, alive, registrar slot, connecting, registration pending.
+    pub fn pe_summary(&self) -> Vec<(u32, bool, Option<usize>, bool, bool)> {
+        self.pes
+            .iter()
+            .map(|p| {
+                (
+                    p.spec.id,
+                    p.alive,
+                    p.link.map(|l| l.0),
+                    p.connecting,
+                    p.pending_since.is_some(),
+                )
+            })
+            .collect()
+    }
+
     /// Registrar slot `i`, if running.
     pub fn registrar(&self, i: usize) -> Option<&Registrar> {
         self.regs.get(i).and_then(|s| s.r.as_ref())
@@ -371,15 +388,23 @@ impl Sim {
                 continue;
             };
             let other = usize::from(l.ends[0].0 == Node::Reg(i));
-            self.ends.remove(&l.ends[1 - other]);
+            self.ends.remove(&l.ends[0]);
+            self.ends.remove(&l.ends[1]);
+            self.links.remove(&k);
+            // PEs always notice (their registration times out anyway); a
+            // registrar peer only on a process crash (RST). Otherwise it keeps
+            // a dead connection and must find out by probing.
             if notify || matches!(l.ends[other].0, Node::Pe(_)) {
-                // PEs always notice (their registration times out anyway).
+                let (node, conn) = l.ends[other];
                 let at = self.now + self.delay();
-                self.schedule(at, Ev::Closed { link: k, to: other });
-            } else {
-                // Silent: the other end keeps a dead connection.
-                self.ends.remove(&l.ends[other]);
-                self.links.remove(&k);
+                self.schedule(
+                    at,
+                    Ev::Closed {
+                        node,
+                        conn,
+                        link: k,
+                    },
+                );
             }
         }
     }
@@ -401,6 +426,8 @@ impl Sim {
     pub fn kill_pe(&mut self, i: usize) {
         if let Some(p) = self.pes.get_mut(i) {
             p.alive = false;
+            p.connecting = false;
+            p.pending_since = None;
             if let Some((_, link)) = p.link.take() {
                 self.close_link(link);
             }
@@ -547,15 +574,7 @@ impl Sim {
                     Node::Pe(i) => self.pe_message(i, link, &msg),
                 }
             }
-            Ev::Closed { link, to } => {
-                let Some(l) = self.links.remove(&link) else {
-                    return;
-                };
-                let (node, conn) = l.ends[to];
-                self.ends.remove(&l.ends[to]);
-                self.ends.remove(&l.ends[1 - to]);
-                self.notify_closed(node, conn, link);
-            }
+            Ev::Closed { node, conn, link } => self.notify_closed(node, conn, link),
             Ev::Connected { link } => {
                 let Some(l) = self.links.get(&link).cloned() else {
                     return;
@@ -629,6 +648,7 @@ impl Sim {
             Node::Pe(i) => {
                 if self.pes[i].link.is_some_and(|l| l.1 == link) {
                     self.pes[i].link = None;
+                    self.pes[i].connecting = false;
                     self.pes[i].pending_since = None;
                     self.pe_hunt(i);
                 }
@@ -636,14 +656,16 @@ impl Sim {
         }
     }
 
-    /// Close a link from both sides (each end hears after a delay).
+    /// Close a link: nothing more is delivered on it, and each end hears of
+    /// the close after a delay.
     fn close_link(&mut self, link: u64) {
-        if !self.links.contains_key(&link) {
+        let Some(l) = self.links.remove(&link) else {
             return;
-        }
-        for to in 0..2 {
+        };
+        for (node, conn) in l.ends {
+            self.ends.remove(&(node, conn));
             let at = self.now + self.delay();
-            self.schedule(at, Ev::Closed { link, to });
+            self.schedule(at, Ev::Closed { node, conn, link });
         }
     }
 
