@@ -15,6 +15,8 @@ pub mod asap;
 pub mod handlespace;
 pub mod registrar;
 pub mod runtime;
+#[doc(hidden)]
+pub mod sim;
 pub mod time;
 pub mod wire;
 

@@ -1323,7 +1323,7 @@ fn handle_table_dump_is_chunked_and_covers_every_pe_once() {
 }
 
 #[test]
-fn other_enrp_messages_are_ignored_for_now() {
+fn presence_from_an_unknown_server_adds_it_and_is_answered() {
     let mut h = H::new(quiet());
     let c = h.connect(1);
     let presence = EnrpMessage {
@@ -1335,8 +1335,13 @@ fn other_enrp_messages_are_ignored_for_now() {
             server_info: None,
         },
     };
-    assert!(h.raw(c, PPID_ENRP, &presence.to_bytes()).is_empty());
-    assert_eq!(h.r.stats().enrp_ignored, 1);
+    // RFC 5353 §3.4: the newcomer is asked for its Server Information
+    // (reply-required presence), and its own reply-required presence answered.
+    let out = h.raw(c, PPID_ENRP, &presence.to_bytes());
+    let flags: Vec<u8> = out.iter().map(|o| enrp(o).2).collect();
+    assert_eq!(flags, vec![1, 0]);
+    assert_eq!(h.r.peers().len(), 1);
+    assert_eq!(h.r.peers()[0].id, 5);
 }
 
 // ------------------------------------------------------------------- announce
@@ -1556,7 +1561,7 @@ mod prop {
             Output::Announce { msg } => {
                 AsapMessage::decode(msg).expect("announce decodes");
             }
-            Output::Close { .. } => {}
+            Output::Close { .. } | Output::Connect { .. } => {}
         }
     }
 

@@ -594,6 +594,11 @@ impl Sim {
     fn registrar_output(&mut self, i: usize, o: registrar::Output) {
         let now = self.now;
         match o {
+            // This harness has no ENRP peers (src/sim has): a registrar's own
+            // dial has nowhere to go.
+            registrar::Output::Connect { conn, .. } => {
+                self.registrars[i].core.handle_connect_failed(conn, now);
+            }
             registrar::Output::Send { conn, msg, .. } => {
                 if let Some(id) = self.link_by_reg(i, conn) {
                     self.transmit_to_client(id, Node::Registrar(i), msg);

@@ -1,6 +1,7 @@
 //! Registrar configuration: every timer and limit, with defaults, and the
 //! RSPLIB profile (digest §8.3).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use crate::handlespace::RegLifeUnit;
@@ -135,6 +136,41 @@ pub struct RegistrarConfig {
     /// addresses (SCTP and TCP transports only). Empty = RSPLIB style (the
     /// receiver uses the packet source).
     pub announce_transports: Vec<Transport>,
+
+    // ----------------------------------------------------------- ENRP
+    /// Configured ENRP peers (their ENRP endpoints). The first reachable one is
+    /// the mentor at start-up, the others are backups; all are connected to
+    /// and redialled while unreachable. Empty (default): alone until a peer
+    /// connects to us.
+    pub peers: Vec<SocketAddr>,
+    /// Our own ENRP endpoint, sent in Server Information (presence, list
+    /// responses). `None` (default): the local address of the connection the
+    /// message goes out on, as a TCP or SCTP transport like the connection.
+    pub enrp_transport: Option<Transport>,
+    /// PEER-HEARTBEAT-CYCLE: period of the unsolicited ENRP_PRESENCE to every
+    /// peer. RFC 5353 §4: 30 s; RSPLIB 2.444 s.
+    pub peer_heartbeat_cycle: Duration,
+    /// MAX-TIME-LAST-HEARD: silence after which a peer is probed with a
+    /// reply-required presence. RFC: 61 s; RSPLIB 5 s.
+    pub max_time_last_heard: Duration,
+    /// MAX-TIME-NO-RESPONSE: how long to wait for an answer to a probe, a
+    /// list request or one handle-table request. RFC: 5 s; RSPLIB 5 s.
+    pub max_time_no_response: Duration,
+    /// Wait before asking the next mentor after a rejection (R=1) or when
+    /// every configured mentor failed in one round. The RFC gives none
+    /// ("wait a few seconds"); default 5 s (RSPLIB's mentor discovery timeout).
+    pub mentor_retry_interval: Duration,
+    /// How long a takeover we started waits for all INIT_TAKEOVER_ACKs (and
+    /// how long we wait for someone else's TAKEOVER_SERVER after acking)
+    /// before giving up and starting over. The RFC gives none; default 5 s
+    /// (RSPLIB's takeover expiry).
+    pub takeover_timeout: Duration,
+    /// Period of reconnection attempts to configured peers that are not
+    /// connected. The RFC gives none; default 5 s.
+    pub peer_reconnect_interval: Duration,
+    /// Most ENRP peers remembered (a message from yet another unknown server
+    /// is answered but the server is not added). Default 256.
+    pub max_peers: usize,
 }
 
 impl Default for RegistrarConfig {
@@ -171,6 +207,15 @@ impl Default for RegistrarConfig {
             handle_table_session_timeout: Duration::from_secs(30),
             announce_interval: None,
             announce_transports: Vec::new(),
+            peers: Vec::new(),
+            enrp_transport: None,
+            peer_heartbeat_cycle: Duration::from_secs(30),
+            max_time_last_heard: Duration::from_secs(61),
+            max_time_no_response: Duration::from_secs(5),
+            mentor_retry_interval: Duration::from_secs(5),
+            takeover_timeout: Duration::from_secs(5),
+            peer_reconnect_interval: Duration::from_secs(5),
+            max_peers: 256,
         }
     }
 }
@@ -181,7 +226,8 @@ impl RegistrarConfig {
     /// PE Identifier, unreachable reports counted without a probe and the PE
     /// removed at the third (`max_bad_pe_reports` 2: removal when the count
     /// exceeds it), 3 items per resolution, 128 PEs per table chunk, a server
-    /// announce every second.
+    /// announce every second; ENRP peer heartbeat 2.444 s, max time last
+    /// heard 5 s, max time no response 5 s, takeover expiry 5 s.
     pub fn rsplib_profile() -> Self {
         RegistrarConfig {
             reg_life_unit: RegLifeUnit::Millis,
@@ -193,6 +239,11 @@ impl RegistrarConfig {
             default_items: 3,
             handle_table_chunk: 128,
             announce_interval: Some(Duration::from_secs(1)),
+            peer_heartbeat_cycle: Duration::from_millis(2444),
+            max_time_last_heard: Duration::from_secs(5),
+            max_time_no_response: Duration::from_secs(5),
+            mentor_retry_interval: Duration::from_secs(5),
+            takeover_timeout: Duration::from_secs(5),
             ..RegistrarConfig::default()
         }
     }

@@ -6,10 +6,11 @@
 //! (quinn's pattern, STYLE.md §2):
 //!
 //! - getters: [`Registrar::server_id`], [`Registrar::stats`],
-//!   [`Registrar::pool_elements`], ...;
+//!   [`Registrar::pool_elements`], [`Registrar::peers`],
+//!   [`Registrar::startup_state`], [`Registrar::enrp_stats`], ...;
 //! - `handle_*`: network and timer input ([`Registrar::handle_connected`],
 //!   [`Registrar::handle_message`], [`Registrar::handle_closed`],
-//!   [`Registrar::handle_timeout`]);
+//!   [`Registrar::handle_timeout`], [`Registrar::handle_connect_failed`]);
 //! - `poll_*`: after **every** `handle_*` call drain [`Registrar::poll_output`]
 //!   until `None`, then arm a timer for [`Registrar::poll_timeout`].
 //!
@@ -69,13 +70,76 @@
 //!   response (R=1, cause 0x3) when its handle and PE id can be read.
 //! - **PPID 0** on a TCP connection is taken as ASAP (a TCP-mapping peer that
 //!   leaves the PPID out); any other unknown PPID is dropped.
-//! - **ENRP** (PPID 12): only ENRP_HANDLE_TABLE_REQUEST is served (it is how
-//!   `rserpool dump` reads the handlespace); other ENRP messages are counted
-//!   and ignored until the ENRP peer side exists.
 //! - **Server announce**: every `announce_interval` when set, not yet scaled by
-//!   the number of other announcing servers (that needs ENRP).
+//!   the number of other announcing servers.
+//!
+//! # ENRP (RFC 5353, digest §9.9-§9.14; code in `enrp.rs`)
+//!
+//! - **Connections**: the core dials peers itself with [`Output::Connect`],
+//!   picking ids with [`CORE_CONN_BIT`] set; the runtime answers
+//!   `handle_connected` or [`Registrar::handle_connect_failed`]. Any
+//!   connection becomes a peer connection when an ENRP message from a server
+//!   arrives on it (no listener marking needed). A peer is answered on the
+//!   connection it last spoke on (an older, half-open one may be dead).
+//! - **Start-up**: the first configured peer is the mentor, the others
+//!   backups. We send a reply-required presence (so it knows us), then
+//!   ENRP_LIST_REQUEST (peers seeded from the answer and dialled), then
+//!   ENRP_HANDLE_TABLE_REQUEST W=0, one per M=1 chunk, each under
+//!   MAX-TIME-NO-RESPONSE. Timeout, connect failure or R=1 moves to the next
+//!   mentor (R=1 waits `mentor_retry_interval`); after one round without
+//!   success we are alone. Configured peers are redialled every
+//!   `peer_reconnect_interval`; the audit syncs us once they answer.
+//!   **ASAP is served from the start** (RSPLIB does so; the RFC waits for the
+//!   download): a PE registering meanwhile is fine, resolutions may miss
+//!   PEs for the few round trips of the download. We therefore **never
+//!   reject** list or table requests (R=1): we always have something to say.
+//! - **Learnt PEs** get no expiry of ours (`Expiry::Never`): they live until
+//!   DEL_PE, a takeover or a resync removes them; their owner is the PE's
+//!   home id (the sender if 0). Entries claiming we own a PE we do not track
+//!   are ignored, as are PEs owned by a server that was taken over. An owner
+//!   id we never heard of becomes a peer without address: if it never speaks
+//!   it is probed, declared dead and taken over, so its PEs cannot linger.
+//! - **Handle updates**: ADD_PE after every granted (re-)registration, DEL_PE
+//!   after every removal of a PE we own (deregistration, expiry, keep-alive
+//!   failure, unreachable removal, connection loss), one copy per connected
+//!   peer with receiver id 0. Received ADD_PE adds or replaces; if we owned
+//!   the PE we lose it (no more keep-alives, its connection forgets it).
+//!   Received DEL_PE is applied only when the sender is the PE's current
+//!   owner in our view, so a late DEL_PE from a former home cannot delete a
+//!   PE that moved on. The T flag is accepted and ignored; we never send it.
+//! - **Presence**: every PEER-HEARTBEAT-CYCLE to every connected peer, with
+//!   our own-PE checksum and Server Information (`enrp_transport`, or the
+//!   connection's local address). Reply-required presences are answered.
+//!   Any message (except list/table requests and errors, which tools send
+//!   too) from an unknown server adds it and asks it for a presence. We
+//!   accept receiver id 0 or ours (RSPLIB sets it), and drop others.
+//! - **Failure detection**: after MAX-TIME-LAST-HEARD of silence (or when the
+//!   last connection to a peer closes) a reply-required presence goes out
+//!   (dialling first if needed); no answer within MAX-TIME-NO-RESPONSE: dead.
+//! - **Audit**: a presence checksum different from ours for that sender
+//!   starts a W=1 resync at once (after start-up): mark its PEs, download
+//!   its own PEs chunk by chunk, replace/insert (which unmarks), sweep. One
+//!   resync at a time (the handlespace has one set of marks; others queue);
+//!   a timeout, R=1 or the peer's death aborts and unmarks. Resync entries do
+//!   not override a PE we own with a live registration (ADD_PE does).
+//! - **Takeover**: INIT_TAKEOVER to every connected peer, target included;
+//!   acks awaited from every connected peer not dead or probing (peers that
+//!   die meanwhile are dropped from the wait). A presence from the target
+//!   aborts. Concurrent takeovers: highest id wins. All acks: TAKEOVER_SERVER
+//!   to the others, the target is dropped (kept as a "taken-over" tombstone
+//!   for dumps), its PEs become ours **with an expiry from their
+//!   Registration Life** and no connection; a PE confirms by re-registering
+//!   here (its library hunts when its home dies), otherwise it expires and
+//!   DEL_PE goes out. A PE whose ASAP transport is SCTP is dialled
+//!   ([`Output::Connect`] with [`ConnKind::Sctp`]) and sent a keep-alive with
+//!   H=1 on the new association. A takeover not completed within
+//!   `takeover_timeout`, or someone else's we acked whose TAKEOVER_SERVER
+//!   never came, starts over while the target stays dead.
+//! - **ENRP_ERROR** for unrecognised messages/parameters per their action
+//!   bits (the codec's reports).
 
 mod config;
+mod enrp;
 mod space;
 mod util;
 
@@ -83,6 +147,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 
 pub use config::{KeepAlivePeId, RateLimit, RegLifeUnit, RegistrarConfig};
+pub use enrp::{EnrpStats, PeerInfo, PeerState, StartupState, CORE_CONN_BIT};
 
 use space::{PeKey, Space};
 use util::{Rng, Timers, TokenBucket};
@@ -92,7 +157,7 @@ use crate::time::Time;
 use crate::wire::param::param_bytes;
 use crate::wire::{
     asap_type, cause, transport_use, AsapMessage, DecodeError, EnrpBody, EnrpMessage, ErrorCause,
-    Param, PoolElement, PoolHandle, Transport, MAX_LENGTH,
+    Param, PoolElement, PoolHandle, Transport, UpdateAction, MAX_LENGTH,
 };
 
 /// SCTP payload protocol identifier of ASAP.
@@ -147,6 +212,19 @@ pub enum Output {
     Announce {
         /// The message bytes.
         msg: Vec<u8>,
+    },
+    /// Open a connection (to an ENRP peer, or to a taken-over PE's SCTP
+    /// endpoint). The core picked `conn` with [`CORE_CONN_BIT`] set, so it never
+    /// collides with the runtime's ids for accepted connections (bit 63 clear).
+    /// Answer with [`Registrar::handle_connected`] (same `conn`) or
+    /// [`Registrar::handle_connect_failed`].
+    Connect {
+        /// The id the connection will have.
+        conn: ConnId,
+        /// Where to connect (an ENRP endpoint, or a PE's ASAP endpoint).
+        addr: SocketAddr,
+        /// TCP (with the TCP mapping) or SCTP, as the peer's transport says.
+        kind: ConnKind,
     },
 }
 
@@ -204,7 +282,8 @@ pub struct RegistrarStats {
     pub errors_received: u64,
     /// ENRP_HANDLE_TABLE_RESPONSE chunks sent.
     pub handle_table_responses: u64,
-    /// ENRP messages not handled yet (ENRP peering comes later).
+    /// Unused since ENRP peering exists (kept for compatibility; see
+    /// [`Registrar::enrp_stats`]).
     pub enrp_ignored: u64,
     /// Server announces produced.
     pub announces: u64,
@@ -223,6 +302,20 @@ enum Timer {
     TableSession(ConnId),
     /// Send a server announce.
     Announce,
+    /// ENRP: send a presence to every peer (PEER-HEARTBEAT-CYCLE).
+    Heartbeat,
+    /// ENRP: reconnect to configured peers that are not connected.
+    Redial,
+    /// ENRP: next start-up step, or the current one timed out.
+    Startup,
+    /// ENRP: has this peer been silent for MAX-TIME-LAST-HEARD?
+    PeerCheck(u32),
+    /// ENRP: the probe of this peer went unanswered.
+    ProbeTimeout(u32),
+    /// ENRP: the W=1 resync request went unanswered.
+    Resync,
+    /// ENRP: takeover of this peer (ours, or one we acked) timed out.
+    Takeover(u32),
 }
 
 /// A handle-table download in progress on one connection.
@@ -246,6 +339,10 @@ struct Conn {
     /// Subscribed pools and the item count asked for.
     subscriptions: BTreeMap<PoolHandle, u32>,
     table: Option<TableCursor>,
+    /// The ENRP peer speaking on this connection, once known.
+    peer: Option<u32>,
+    /// For connections we initiated to an ENRP endpoint: its address.
+    dialed: Option<SocketAddr>,
 }
 
 /// Per-PE state of the PEs this server owns.
@@ -288,6 +385,8 @@ pub struct Registrar {
     timers: Timers<Timer>,
     out: VecDeque<Output>,
     stats: RegistrarStats,
+    enrp: enrp::Enrp,
+    enrp_stats: EnrpStats,
 }
 
 /// Room for the fixed parts of a handle-table response (header, ids) and
@@ -326,9 +425,20 @@ impl Registrar {
             timers: Timers::default(),
             out: VecDeque::new(),
             stats: RegistrarStats::default(),
+            enrp: enrp::Enrp::new(false),
+            enrp_stats: EnrpStats::default(),
         };
         if r.config.announce_interval.is_some() {
             r.timers.set(Timer::Announce, now);
+        }
+        if !r.config.peers.is_empty() {
+            r.enrp = enrp::Enrp::new(true);
+            // Start-up begins at the first handle_timeout (poll_timeout says now).
+            r.timers.set(Timer::Startup, now);
+            r.timers.set(
+                Timer::Redial,
+                now + enrp::min_period(r.config.peer_reconnect_interval),
+            );
         }
         r
     }
@@ -395,7 +505,8 @@ impl Registrar {
 
     // ---------------------------------------------------------- handle_*
 
-    /// A connection (SCTP association or TCP connection) was accepted.
+    /// A connection (SCTP association or TCP connection) was accepted, or one
+    /// the core asked for with [`Output::Connect`] is up.
     pub fn handle_connected(&mut self, conn: ConnId, info: ConnInfo, now: Time) {
         self.advance(now);
         let now = self.now;
@@ -415,9 +526,12 @@ impl Registrar {
                 owned: BTreeSet::new(),
                 subscriptions: BTreeMap::new(),
                 table: None,
+                peer: None,
+                dialed: None,
             },
         );
         self.arm_idle(conn, now);
+        self.enrp_connected(conn);
         self.flush();
     }
 
@@ -461,6 +575,9 @@ impl Registrar {
         let now = self.now;
         for (handle, pe) in self.space.expire(now) {
             self.stats.expiries += 1;
+            if pe.home == self.server_id {
+                self.broadcast_update(UpdateAction::DEL_PE, handle.clone(), pe.clone());
+            }
             let key = (handle.clone(), pe.id);
             if let Some(o) = self.forget_owned(&key) {
                 if !o.orphan {
@@ -476,7 +593,7 @@ impl Registrar {
         }
         while let Some(t) = self.timers.pop_due(now) {
             match t {
-                Timer::KeepAlive(key) => self.keep_alive_due(key),
+                Timer::KeepAlive(key) => self.send_keep_alive(key, false),
                 Timer::KeepAliveTimeout(key) => {
                     if self.owned.get(&key).is_some_and(|o| o.awaiting_ack) {
                         self.stats.keep_alive_failures += 1;
@@ -490,6 +607,13 @@ impl Registrar {
                     }
                 }
                 Timer::Announce => self.announce(),
+                Timer::Heartbeat => self.heartbeat(),
+                Timer::Redial => self.redial(),
+                Timer::Startup => self.startup_timer(),
+                Timer::PeerCheck(id) => self.peer_check(id),
+                Timer::ProbeTimeout(id) => self.probe_timeout(id),
+                Timer::Resync => self.abort_resync(),
+                Timer::Takeover(id) => self.takeover_timer(id),
             }
         }
         self.flush();
@@ -544,7 +668,11 @@ impl Registrar {
         if c.closing {
             return;
         }
-        if !c.owned.is_empty() || !c.subscriptions.is_empty() || c.table.is_some() {
+        if !c.owned.is_empty()
+            || !c.subscriptions.is_empty()
+            || c.table.is_some()
+            || c.peer.is_some()
+        {
             // Busy connections are never idle; look again later.
             self.arm_idle(conn, now);
         } else if due <= now {
@@ -740,6 +868,11 @@ impl Registrar {
                     self.dirty.insert(pool_handle.clone());
                 }
                 self.take_ownership(conn, key, rsplib);
+                // RFC 5353 §3.3: tell the peers, complete with home and ASAP
+                // transport.
+                if let Some(full) = self.space.get(&pool_handle, pe_id) {
+                    self.broadcast_update(UpdateAction::ADD_PE, pool_handle.clone(), full);
+                }
                 None
             }
             Err(c) => {
@@ -972,45 +1105,10 @@ impl Registrar {
                 }
                 if at <= now {
                     self.timers.cancel(&Timer::KeepAlive(key.clone()));
-                    self.keep_alive_due(key);
+                    self.send_keep_alive(key, false);
                 }
             }
         }
-    }
-
-    /// Send a keep-alive to an owned PE and wait for the ack.
-    fn keep_alive_due(&mut self, key: PeKey) {
-        let now = self.now;
-        let mode = self.config.keep_alive_pe_id;
-        let Some(o) = self.owned.get_mut(&key) else {
-            return;
-        };
-        if o.orphan {
-            return;
-        }
-        if o.awaiting_ack {
-            return;
-        }
-        o.awaiting_ack = true;
-        o.last_keep_alive = Some(now);
-        let with_id = match mode {
-            KeepAlivePeId::Always => true,
-            KeepAlivePeId::Never => false,
-            KeepAlivePeId::Auto => o.rsplib,
-        };
-        let conn = o.conn;
-        let msg = AsapMessage::EndpointKeepAlive {
-            home: false,
-            server_id: self.server_id,
-            pool_handle: key.0.clone(),
-            pe_id: with_id.then_some(key.1),
-        };
-        self.stats.keep_alives_sent += 1;
-        self.send_asap(conn, &msg);
-        self.timers.set(
-            Timer::KeepAliveTimeout(key),
-            now + self.config.keep_alive_timeout,
-        );
     }
 
     /// Forget a PE's ownership state and timers; the state, if it was owned.
@@ -1027,7 +1125,14 @@ impl Registrar {
     /// Remove a PE from the handlespace and everything that refers to it.
     fn remove_pe(&mut self, key: &PeKey, why: Removal) {
         self.forget_owned(key);
+        let ours = self
+            .space
+            .get(&key.0, key.1)
+            .filter(|pe| pe.home == self.server_id);
         if self.space.remove(&key.0, key.1) {
+            if let Some(pe) = ours {
+                self.broadcast_update(UpdateAction::DEL_PE, key.0.clone(), pe);
+            }
             self.dirty.insert(key.0.clone());
             if why == Removal::ConnectionLoss {
                 self.stats.connection_loss_removals += 1;
@@ -1037,8 +1142,10 @@ impl Registrar {
 
     fn drop_conn(&mut self, conn: ConnId) {
         let Some(c) = self.conns.remove(&conn) else {
+            self.enrp_closed(conn, None);
             return;
         };
+        self.enrp_closed(conn, c.peer);
         self.timers.cancel(&Timer::Idle(conn));
         self.timers.cancel(&Timer::TableSession(conn));
         for handle in c.subscriptions.keys() {
@@ -1081,13 +1188,7 @@ impl Registrar {
                 msg: msg.to_bytes(),
             });
         }
-        match d.msg.body {
-            EnrpBody::HandleTableRequest { own_children_only } => {
-                self.on_table_request(conn, d.msg.sender, own_children_only)
-            }
-            EnrpBody::Error(_) => self.stats.errors_received += 1,
-            _ => self.stats.enrp_ignored += 1,
-        }
+        self.on_enrp_message(conn, d.msg);
     }
 
     fn send_enrp_error(&mut self, conn: ConnId, bytes: &[u8], report: ErrorCause) {

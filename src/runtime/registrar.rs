@@ -88,7 +88,29 @@ impl Driver for RegistrarDriver {
                 reason,
             },
             Output::Announce { msg } => Action::Announce { msg },
+            // ENRP peers and H=1 keep-alives to taken-over SCTP PEs: the core
+            // names the connection (bit 63 set, as `ConnId::driver` does).
+            Output::Connect {
+                conn,
+                addr,
+                kind: ConnKind::Tcp,
+            } => Action::Connect {
+                conn: ConnId(conn.0),
+                addr,
+            },
+            Output::Connect {
+                conn,
+                addr,
+                kind: ConnKind::Sctp,
+            } => Action::ConnectSctp {
+                conn: ConnId(conn.0),
+                addrs: vec![addr],
+            },
         })
+    }
+
+    fn on_connect_failed(&mut self, conn: ConnId, now: Time) {
+        self.reg.handle_connect_failed(to_core(conn), now);
     }
 }
 
