@@ -18,6 +18,7 @@ pub mod runtime;
 #[doc(hidden)]
 pub mod sim;
 pub mod time;
+mod timers;
 pub mod wire;
 
 pub mod ffi;

@@ -103,7 +103,6 @@
 mod cache;
 mod config;
 pub mod sim;
-mod timers;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -114,8 +113,8 @@ pub use crate::registrar::{ConnId, PPID_ASAP};
 pub use cache::ResolvedPool;
 pub use config::{ClientConfig, RateLimit, RegLifeUnit, T4Rule};
 
+use crate::timers::Timers;
 use cache::{Entry, Incidents};
-use timers::Timers;
 
 use crate::handlespace::rng::Rng;
 use crate::time::Time;
@@ -460,7 +459,7 @@ struct Sub {
 }
 
 /// Timers of the core, one table.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Timer {
     /// T5: the current hunt round is over.
     Hunt,

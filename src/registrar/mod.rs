@@ -149,8 +149,9 @@ use std::net::SocketAddr;
 pub use config::{KeepAlivePeId, RateLimit, RegLifeUnit, RegistrarConfig};
 pub use enrp::{EnrpStats, PeerInfo, PeerState, StartupState, CORE_CONN_BIT};
 
+use crate::timers::Timers;
 use space::{PeKey, Space};
-use util::{Rng, Timers, TokenBucket};
+use util::{Rng, TokenBucket};
 
 use crate::handlespace::{self, Cursor, Handlespace, InvalidField, RegisterError, RejectInfo};
 use crate::time::Time;

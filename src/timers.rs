@@ -1,27 +1,32 @@
-//! The client's timer table: deadlines keyed by what they are for (quinn's
-//! timer table, with a key space that grows with PEs and pools).
+//! The sans-IO cores' timer table: deadlines keyed by what they are for,
+//! ordered by deadline (quinn's timer table, STYLE.md §2.4, with a key space
+//! that grows with the handlespace or the client's PEs and pools). Shared by
+//! the registrar core and the ASAP client core.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
+use std::hash::Hash;
 
 use crate::time::Time;
 
-/// Timers ordered by deadline; setting a key again replaces its deadline.
+/// Timers in a table keyed by what they are for, ordered by deadline; setting a
+/// key again replaces its deadline (quinn's timer table, with a key space that
+/// grows with the handlespace).
 #[derive(Debug)]
-pub(crate) struct Timers<K: Ord + Clone> {
-    by_key: BTreeMap<K, Time>,
+pub(crate) struct Timers<K: Ord + Hash + Clone> {
+    by_key: HashMap<K, Time>,
     queue: BTreeSet<(Time, K)>,
 }
 
-impl<K: Ord + Clone> Default for Timers<K> {
+impl<K: Ord + Hash + Clone> Default for Timers<K> {
     fn default() -> Self {
         Timers {
-            by_key: BTreeMap::new(),
+            by_key: HashMap::new(),
             queue: BTreeSet::new(),
         }
     }
 }
 
-impl<K: Ord + Clone> Timers<K> {
+impl<K: Ord + Hash + Clone> Timers<K> {
     /// Arm (or re-arm) `key` for `at`.
     pub(crate) fn set(&mut self, key: K, at: Time) {
         if let Some(old) = self.by_key.insert(key.clone(), at) {
@@ -38,7 +43,7 @@ impl<K: Ord + Clone> Timers<K> {
     }
 
     /// The deadline of `key`, if armed.
-    #[cfg(test)]
+    #[allow(dead_code)]
     pub(crate) fn get(&self, key: &K) -> Option<Time> {
         self.by_key.get(key).copied()
     }
@@ -57,6 +62,11 @@ impl<K: Ord + Clone> Timers<K> {
         let (_, key) = self.queue.pop_first()?;
         self.by_key.remove(&key);
         Some(key)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
     }
 }
 
@@ -78,5 +88,19 @@ mod tests {
         t.cancel(&2);
         assert_eq!(t.next(), None);
         assert_eq!(t.pop_due(Time::NEVER), None);
+    }
+
+    #[test]
+    fn timers_replace_and_pop_in_order() {
+        let mut t = Timers::<u32>::default();
+        t.set(1, Time(50));
+        t.set(2, Time(10));
+        t.set(1, Time(5));
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.next(), Some(Time(5)));
+        assert_eq!(t.pop_due(Time(4)), None);
+        assert_eq!(t.pop_due(Time(100)), Some(1));
+        t.cancel(&2);
+        assert_eq!(t.next(), None);
     }
 }
