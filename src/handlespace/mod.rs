@@ -40,7 +40,7 @@ pub use transport::{InlineTransport, TransportRef};
 use crate::time::Time;
 use crate::wire::types::{cause, policy_type, Policy, PoolElement, PoolHandle, Transport};
 use fenwick::Fenwick;
-use hash::SeededState;
+use hash::{PreHashed, SeededState};
 use rng::Rng;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
@@ -265,6 +265,11 @@ enum Selector {
 #[derive(Debug)]
 struct Pool {
     handle: Box<[u8]>,
+    /// Keyed hash of `handle` (its key in `by_handle`).
+    hash: u64,
+    /// Next pool whose handle has the same 64-bit hash (NIL: none); such
+    /// collisions need the secret seed to provoke, so chains stay short.
+    next_same: u32,
     handle_words: u64,
     overall: Policy,
     ttype: u16,
@@ -308,7 +313,11 @@ pub struct Handlespace {
     pools: Vec<Option<Pool>>,
     free_pools: Vec<u32>,
     pool_count: usize,
-    by_handle: HashMap<Box<[u8]>, u32, SeededState>,
+    /// Pools by the keyed 64-bit hash of their handle (first of a chain through
+    /// `Pool::next_same`): one multiply to hash a handle and no key bytes to
+    /// chase through a pointer in the table.
+    by_handle: HashMap<u64, u32, PreHashed>,
+    handle_seed: u64,
     by_id: HashMap<PeKey, u32, SeededState>,
     owners: HashMap<u32, OwnerStat, SeededState>,
     buckets: BTreeMap<u64, Vec<u32>>,
@@ -588,7 +597,8 @@ impl Handlespace {
             pools: Vec::new(),
             free_pools: Vec::new(),
             pool_count: 0,
-            by_handle: HashMap::with_hasher(SeededState::new(cfg.hash_seed)),
+            by_handle: HashMap::with_hasher(PreHashed),
+            handle_seed: cfg.hash_seed,
             by_id: HashMap::with_hasher(SeededState::new(cfg.hash_seed.rotate_left(17) ^ 0xa5a5)),
             owners: HashMap::with_hasher(SeededState::new(cfg.hash_seed.rotate_left(41) ^ 0x5a5a)),
             buckets: BTreeMap::new(),
@@ -610,8 +620,26 @@ impl Handlespace {
         self.pools[p as usize].as_ref().expect("live pool")
     }
 
+    #[inline]
+    fn handle_hash(&self, handle: &[u8]) -> u64 {
+        // The unit tests keep 2 bits so that the collision chains get exercised.
+        let mask = if cfg!(test) { 3 } else { u64::MAX };
+        hash::hash_bytes(self.handle_seed, handle) & mask
+    }
+
+    #[inline]
     fn pool_index(&self, handle: &[u8]) -> Option<u32> {
-        self.by_handle.get(handle).copied()
+        let mut p = *self.by_handle.get(&self.handle_hash(handle))?;
+        loop {
+            let pool = self.pool(p);
+            if *pool.handle == *handle {
+                return Some(p);
+            }
+            if pool.next_same == NIL {
+                return None;
+            }
+            p = pool.next_same;
+        }
     }
 
     // ----- counts -----
@@ -1003,8 +1031,11 @@ impl Handlespace {
     }
 
     fn create_pool(&mut self, handle: &[u8], policy: &Policy, ttype: u16, tuse: u16) -> u32 {
+        let hash = self.handle_hash(handle);
         let pool = Pool {
             handle: handle.into(),
+            hash,
+            next_same: NIL,
             handle_words: checksum::handle_words(handle),
             overall: policy.neutral(),
             ttype,
@@ -1022,14 +1053,31 @@ impl Handlespace {
                 (self.pools.len() - 1) as u32
             }
         };
-        self.by_handle.insert(handle.into(), idx);
+        // A colliding pool goes first in the chain.
+        if let Some(next) = self.by_handle.insert(hash, idx) {
+            self.pool_mut(idx).next_same = next;
+        }
         self.pool_count += 1;
         idx
     }
 
     fn drop_pool(&mut self, p: u32) {
         if let Some(pool) = self.pools[p as usize].take() {
-            self.by_handle.remove(&pool.handle);
+            // Unlink from the chain of pools with the same hash.
+            let first = self.by_handle[&pool.hash];
+            if first == p {
+                if pool.next_same == NIL {
+                    self.by_handle.remove(&pool.hash);
+                } else {
+                    self.by_handle.insert(pool.hash, pool.next_same);
+                }
+            } else {
+                let mut q = first;
+                while self.pool(q).next_same != p {
+                    q = self.pool(q).next_same;
+                }
+                self.pool_mut(q).next_same = pool.next_same;
+            }
             self.free_pools.push(p);
             self.pool_count -= 1;
         }
@@ -1595,5 +1643,43 @@ mod tests {
             "{}",
             std::mem::size_of::<Entry>()
         );
+    }
+
+    #[test]
+    fn colliding_handle_hashes_chain() {
+        // Under cfg(test) handle hashes have 2 bits: 64 pools collide heavily.
+        let mut h = Handlespace::new(Config::default());
+        let pe = |id| PoolElement {
+            id,
+            home: 0,
+            reg_life: -1,
+            user_transport: Transport::Udp {
+                port: 1,
+                addr: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            },
+            policy: Policy::RoundRobin,
+            asap_transport: None,
+        };
+        let handle = |i: u32| format!("pool{i}").into_bytes();
+        let mut live = std::collections::BTreeSet::new();
+        let mut rng = Rng::new(9);
+        for _ in 0..2000 {
+            let i = rng.below(64) as u32;
+            if live.contains(&i) {
+                assert!(h.remove(&handle(i), 1));
+                live.remove(&i);
+            } else {
+                h.register(&handle(i), &pe(1), 0, Time(0)).unwrap();
+                live.insert(i);
+            }
+            assert_eq!(h.pool_count(), live.len());
+            for j in 0..64 {
+                assert_eq!(
+                    h.pool_size(&handle(j)),
+                    live.contains(&j) as usize,
+                    "pool {j}"
+                );
+            }
+        }
     }
 }
