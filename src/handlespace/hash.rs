@@ -18,14 +18,20 @@ fn fold_mul(a: u64, b: u64) -> u64 {
     (m as u64) ^ ((m >> 64) as u64)
 }
 
-#[inline]
+/// The first 8 bytes (callers guarantee at least 8): one load.
+#[inline(always)]
 fn read_u64(b: &[u8]) -> u64 {
-    u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(w)
 }
 
-#[inline]
+/// The first 4 bytes (callers guarantee at least 4): one load.
+#[inline(always)]
 fn read_u32(b: &[u8]) -> u64 {
-    u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(w) as u64
 }
 
 /// Keyed 64-bit hash of a byte string (pool handles), in the style of
@@ -62,6 +68,23 @@ pub fn hash_bytes(seed: u64, b: &[u8]) -> u64 {
         return fold_mul(fold_mul(read_u64(t) ^ h, read_u64(&t[8..]) ^ K1), s ^ K0);
     };
     fold_mul(x ^ s, y ^ K0 ^ seed.rotate_left(23))
+}
+
+/// Byte-string equality without a call to `memcmp` for the short strings
+/// pool handles nearly always are (two overlapping word compares up to 16 bytes).
+#[inline]
+pub fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    let len = a.len();
+    if len != b.len() {
+        return false;
+    }
+    if (8..=16).contains(&len) {
+        read_u64(a) == read_u64(b) && read_u64(&a[len - 8..]) == read_u64(&b[len - 8..])
+    } else if (4..8).contains(&len) {
+        read_u32(a) == read_u32(b) && read_u32(&a[len - 4..]) == read_u32(&b[len - 4..])
+    } else {
+        a == b
+    }
 }
 
 /// A [`BuildHasher`] for keys that already are keyed 64-bit hashes
@@ -181,6 +204,20 @@ mod tests {
         assert_ne!(h(&a, 5u64), h(&b, 5u64));
         assert_ne!(h(&a, &b"ab"[..]), h(&a, &b"ab\0"[..]));
         assert_eq!(h(&a, &b"pool"[..]), h(&a, &b"pool"[..]));
+    }
+
+    #[test]
+    fn bytes_eq_matches_slice_eq() {
+        for n in 0..40usize {
+            let a: Vec<u8> = (0..n as u8).collect();
+            assert!(bytes_eq(&a, &a.clone()));
+            assert!(!bytes_eq(&a, &a[..n.saturating_sub(1)]) || n == 0);
+            for i in 0..n {
+                let mut b = a.clone();
+                b[i] ^= 0x80;
+                assert!(!bytes_eq(&a, &b), "len {n} byte {i}");
+            }
+        }
     }
 
     #[test]

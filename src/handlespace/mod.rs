@@ -632,7 +632,7 @@ impl Handlespace {
         let mut p = *self.by_handle.get(&self.handle_hash(handle))?;
         loop {
             let pool = self.pool(p);
-            if *pool.handle == *handle {
+            if hash::bytes_eq(&pool.handle, handle) {
                 return Some(p);
             }
             if pool.next_same == NIL {
@@ -870,19 +870,27 @@ impl Handlespace {
             }
         };
 
-        if let Some(&idx) = self.by_id.get(&PeKey {
+        // One hash and probe for both outcomes (the slot the new entry will get
+        // is known before it is filled).
+        let slot = match self.by_id.entry(PeKey {
             pool: pool_idx,
             id: pe.id,
         }) {
-            let prev = self.reregister(idx, pe, owner, v1, v2, extra, expiry);
-            return Ok(Registered {
-                new: false,
-                element: ElementRef(idx),
-                previous_owner: Some(prev),
-            });
-        }
+            std::collections::hash_map::Entry::Occupied(o) => {
+                let idx = *o.get();
+                let prev = self.reregister(idx, pe, owner, v1, v2, extra, expiry);
+                return Ok(Registered {
+                    new: false,
+                    element: ElementRef(idx),
+                    previous_owner: Some(prev),
+                });
+            }
+            std::collections::hash_map::Entry::Vacant(v) => v,
+        };
 
-        let count = self.pool(pool_idx).count as usize;
+        let count = self.pools[pool_idx as usize]
+            .as_ref()
+            .map_or(0, |p| p.count as usize);
         if count >= self.cfg.max_pes_per_pool || self.live >= self.cfg.max_pes {
             if count == 0 {
                 self.drop_pool(pool_idx);
@@ -914,14 +922,14 @@ impl Handlespace {
             asap: Stored::from_opt(pe.asap_transport.as_ref()),
             extra,
         };
+        let next = if self.free_entry != NIL {
+            self.free_entry
+        } else {
+            self.entries.len() as u32
+        };
+        slot.insert(next);
         let idx = self.alloc(entry);
-        self.by_id.insert(
-            PeKey {
-                pool: pool_idx,
-                id: pe.id,
-            },
-            idx,
-        );
+        debug_assert_eq!(idx, next);
         self.live += 1;
         self.pool_mut(pool_idx).count += 1;
         self.sel_insert(pool_idx, idx);
@@ -1023,8 +1031,8 @@ impl Handlespace {
         e.reg_life = pe.reg_life;
         e.unreachable = 0;
         e.flags &= !F_MARK;
-        e.user = Stored::new(&pe.user_transport);
-        e.asap = Stored::from_opt(pe.asap_transport.as_ref());
+        e.user.update(&pe.user_transport);
+        e.asap.update_opt(pe.asap_transport.as_ref());
         e.expiry = expiry;
         self.reschedule(idx);
         prev_owner
