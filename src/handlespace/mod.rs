@@ -1267,9 +1267,14 @@ impl Handlespace {
     /// Removes a PE without building the removed value (cheaper). Returns whether it
     /// existed.
     pub fn remove(&mut self, handle: &[u8], id: u32) -> bool {
-        match self.find(handle, id) {
+        // Take the key out of by_id in the probe that finds it (not a lookup and
+        // then a second hash and probe to remove it).
+        let Some(pool) = self.pool_index(handle) else {
+            return false;
+        };
+        match self.by_id.remove(&PeKey { pool, id }) {
             Some(idx) => {
-                self.unlink(idx);
+                self.unlink_unkeyed(idx);
                 true
             }
             None => false,
@@ -1293,13 +1298,23 @@ impl Handlespace {
     }
 
     fn unlink(&mut self, idx: u32) {
+        let e = &self.entries[idx as usize];
+        let key = PeKey {
+            pool: e.pool,
+            id: e.id,
+        };
+        self.by_id.remove(&key);
+        self.unlink_unkeyed(idx);
+    }
+
+    /// [`unlink`](Self::unlink) of an entry already removed from `by_id`.
+    fn unlink_unkeyed(&mut self, idx: u32) {
         let (pool, id, owner) = {
             let e = &self.entries[idx as usize];
             (e.pool, e.id, e.owner)
         };
         self.sel_remove(pool, idx);
         self.owner_sub(owner, pool, id);
-        self.by_id.remove(&PeKey { pool, id });
         let p = self.pool_mut(pool);
         p.count -= 1;
         if p.count == 0 {
