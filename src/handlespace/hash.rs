@@ -42,6 +42,9 @@ fn read_u32(b: &[u8]) -> u64 {
 pub fn hash_bytes(seed: u64, b: &[u8]) -> u64 {
     let len = b.len();
     let s = seed ^ (len as u64).wrapping_mul(K1);
+    // Both multiplicands carry the secret: with a public constant on one side,
+    // input equal to that constant would zero the product and lose the seed.
+    let s2 = seed.rotate_left(23) ^ K0;
     let (x, y) = if len <= 16 {
         if len >= 8 {
             (read_u64(b), read_u64(&b[len - 8..]))
@@ -60,14 +63,14 @@ pub fn hash_bytes(seed: u64, b: &[u8]) -> u64 {
         let mut h = s;
         let mut rest = b;
         while rest.len() > 16 {
-            h = fold_mul(read_u64(rest) ^ h, read_u64(&rest[8..]) ^ K0);
+            h = fold_mul(read_u64(rest) ^ h, read_u64(&rest[8..]) ^ s2);
             rest = &rest[16..];
         }
         // The last 16 bytes (overlapping what was already mixed when needed).
         let t = &b[len - 16..];
-        return fold_mul(fold_mul(read_u64(t) ^ h, read_u64(&t[8..]) ^ K1), s ^ K0);
+        return fold_mul(fold_mul(read_u64(t) ^ h, read_u64(&t[8..]) ^ s2), s ^ K0);
     };
-    fold_mul(x ^ s, y ^ K0 ^ seed.rotate_left(23))
+    fold_mul(x ^ s, y ^ s2)
 }
 
 /// Byte-string equality without a call to `memcmp` for the short strings
@@ -231,6 +234,14 @@ mod tests {
             assert!(seen.insert(hash_bytes(7, x)), "collision for {x:?}");
             assert_ne!(hash_bytes(7, x), hash_bytes(8, x));
         }
+        // Input that would cancel a public multiplicand still depends on the seed.
+        let mut x = Vec::new();
+        for _ in 0..3 {
+            x.extend_from_slice(&7u64.to_le_bytes());
+            x.extend_from_slice(&K0.to_le_bytes());
+        }
+        assert_ne!(hash_bytes(1, &x), hash_bytes(2, &x));
+        assert_ne!(hash_bytes(1, &x[..20]), hash_bytes(2, &x[..20]));
         // Every byte matters, at every length.
         for n in 1..40usize {
             let base = vec![0u8; n];
