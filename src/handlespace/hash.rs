@@ -18,6 +18,113 @@ fn fold_mul(a: u64, b: u64) -> u64 {
     (m as u64) ^ ((m >> 64) as u64)
 }
 
+/// The first 8 bytes (callers guarantee at least 8): one load.
+#[inline(always)]
+fn read_u64(b: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(w)
+}
+
+/// The first 4 bytes (callers guarantee at least 4): one load.
+#[inline(always)]
+fn read_u32(b: &[u8]) -> u64 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(w) as u64
+}
+
+/// Keyed 64-bit hash of a byte string (pool handles), in the style of
+/// foldhash/wyhash: inputs of up to 16 bytes (nearly every pool handle) cost one
+/// folded multiply, longer ones one per 16 bytes. The length is mixed in, so
+/// "ab" and "ab\0" differ. Without the seed, colliding inputs cannot be chosen.
+#[inline]
+pub fn hash_bytes(seed: u64, b: &[u8]) -> u64 {
+    let len = b.len();
+    let s = seed ^ (len as u64).wrapping_mul(K1);
+    // Both multiplicands carry the secret: with a public constant on one side,
+    // input equal to that constant would zero the product and lose the seed.
+    let s2 = seed.rotate_left(23) ^ K0;
+    let (x, y) = if len <= 16 {
+        if len >= 8 {
+            (read_u64(b), read_u64(&b[len - 8..]))
+        } else if len >= 4 {
+            (read_u32(b), read_u32(&b[len - 4..]))
+        } else if len > 0 {
+            // The first, middle and last byte cover every byte of 1..=3.
+            (
+                ((b[0] as u64) << 16) | ((b[len / 2] as u64) << 8) | b[len - 1] as u64,
+                0,
+            )
+        } else {
+            (0, 0)
+        }
+    } else {
+        let mut h = s;
+        let mut rest = b;
+        while rest.len() > 16 {
+            h = fold_mul(read_u64(rest) ^ h, read_u64(&rest[8..]) ^ s2);
+            rest = &rest[16..];
+        }
+        // The last 16 bytes (overlapping what was already mixed when needed).
+        let t = &b[len - 16..];
+        return fold_mul(fold_mul(read_u64(t) ^ h, read_u64(&t[8..]) ^ s2), s ^ K0);
+    };
+    fold_mul(x ^ s, y ^ s2)
+}
+
+/// Byte-string equality without a call to `memcmp` for the short strings
+/// pool handles nearly always are (two overlapping word compares up to 16 bytes).
+#[inline]
+pub fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    let len = a.len();
+    if len != b.len() {
+        return false;
+    }
+    if (8..=16).contains(&len) {
+        read_u64(a) == read_u64(b) && read_u64(&a[len - 8..]) == read_u64(&b[len - 8..])
+    } else if (4..8).contains(&len) {
+        read_u32(a) == read_u32(b) && read_u32(&a[len - 4..]) == read_u32(&b[len - 4..])
+    } else {
+        a == b
+    }
+}
+
+/// A [`BuildHasher`] for keys that already are keyed 64-bit hashes
+/// ([`hash_bytes`]): passes them through.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PreHashed;
+
+impl BuildHasher for PreHashed {
+    type Hasher = PreHasher;
+    #[inline]
+    fn build_hasher(&self) -> PreHasher {
+        PreHasher(0)
+    }
+}
+
+/// The hasher built by [`PreHashed`] (only `write_u64` is meaningful).
+#[derive(Debug, Clone)]
+pub struct PreHasher(u64);
+
+impl Hasher for PreHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by u64 keys; stay correct for anything else.
+        for &x in bytes {
+            self.0 = (self.0.rotate_left(8) ^ x as u64).wrapping_mul(K0);
+        }
+    }
+    #[inline]
+    fn write_u64(&mut self, x: u64) {
+        self.0 = x;
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// A [`BuildHasher`] carrying the random seed.
 #[derive(Debug, Clone, Copy)]
 pub struct SeededState {
@@ -100,5 +207,49 @@ mod tests {
         assert_ne!(h(&a, 5u64), h(&b, 5u64));
         assert_ne!(h(&a, &b"ab"[..]), h(&a, &b"ab\0"[..]));
         assert_eq!(h(&a, &b"pool"[..]), h(&a, &b"pool"[..]));
+    }
+
+    #[test]
+    fn bytes_eq_matches_slice_eq() {
+        for n in 0..40usize {
+            let a: Vec<u8> = (0..n as u8).collect();
+            assert!(bytes_eq(&a, &a.clone()));
+            assert!(!bytes_eq(&a, &a[..n.saturating_sub(1)]) || n == 0);
+            for i in 0..n {
+                let mut b = a.clone();
+                b[i] ^= 0x80;
+                assert!(!bytes_eq(&a, &b), "len {n} byte {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn hash_bytes_keyed_and_length_aware() {
+        let inputs: Vec<Vec<u8>> = (0..40usize)
+            .map(|n| (0..n).map(|i| i as u8 ^ 0x5a).collect())
+            .chain([b"ab".to_vec(), b"ab\0".to_vec(), b"\0ab".to_vec()])
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        for x in &inputs {
+            assert!(seen.insert(hash_bytes(7, x)), "collision for {x:?}");
+            assert_ne!(hash_bytes(7, x), hash_bytes(8, x));
+        }
+        // Input that would cancel a public multiplicand still depends on the seed.
+        let mut x = Vec::new();
+        for _ in 0..3 {
+            x.extend_from_slice(&7u64.to_le_bytes());
+            x.extend_from_slice(&K0.to_le_bytes());
+        }
+        assert_ne!(hash_bytes(1, &x), hash_bytes(2, &x));
+        assert_ne!(hash_bytes(1, &x[..20]), hash_bytes(2, &x[..20]));
+        // Every byte matters, at every length.
+        for n in 1..40usize {
+            let base = vec![0u8; n];
+            for i in 0..n {
+                let mut v = base.clone();
+                v[i] = 1;
+                assert_ne!(hash_bytes(3, &v), hash_bytes(3, &base), "len {n} byte {i}");
+            }
+        }
     }
 }

@@ -40,7 +40,7 @@ pub use transport::{InlineTransport, TransportRef};
 use crate::time::Time;
 use crate::wire::types::{cause, policy_type, Policy, PoolElement, PoolHandle, Transport};
 use fenwick::Fenwick;
-use hash::SeededState;
+use hash::{PreHashed, SeededState};
 use rng::Rng;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
@@ -265,6 +265,11 @@ enum Selector {
 #[derive(Debug)]
 struct Pool {
     handle: Box<[u8]>,
+    /// Keyed hash of `handle` (its key in `by_handle`).
+    hash: u64,
+    /// Next pool whose handle has the same 64-bit hash (NIL: none); such
+    /// collisions need the secret seed to provoke, so chains stay short.
+    next_same: u32,
     handle_words: u64,
     overall: Policy,
     ttype: u16,
@@ -308,7 +313,11 @@ pub struct Handlespace {
     pools: Vec<Option<Pool>>,
     free_pools: Vec<u32>,
     pool_count: usize,
-    by_handle: HashMap<Box<[u8]>, u32, SeededState>,
+    /// Pools by the keyed 64-bit hash of their handle (first of a chain through
+    /// `Pool::next_same`): one multiply to hash a handle and no key bytes to
+    /// chase through a pointer in the table.
+    by_handle: HashMap<u64, u32, PreHashed>,
+    handle_seed: u64,
     by_id: HashMap<PeKey, u32, SeededState>,
     owners: HashMap<u32, OwnerStat, SeededState>,
     buckets: BTreeMap<u64, Vec<u32>>,
@@ -588,7 +597,8 @@ impl Handlespace {
             pools: Vec::new(),
             free_pools: Vec::new(),
             pool_count: 0,
-            by_handle: HashMap::with_hasher(SeededState::new(cfg.hash_seed)),
+            by_handle: HashMap::with_hasher(PreHashed),
+            handle_seed: cfg.hash_seed,
             by_id: HashMap::with_hasher(SeededState::new(cfg.hash_seed.rotate_left(17) ^ 0xa5a5)),
             owners: HashMap::with_hasher(SeededState::new(cfg.hash_seed.rotate_left(41) ^ 0x5a5a)),
             buckets: BTreeMap::new(),
@@ -610,8 +620,26 @@ impl Handlespace {
         self.pools[p as usize].as_ref().expect("live pool")
     }
 
+    #[inline]
+    fn handle_hash(&self, handle: &[u8]) -> u64 {
+        // The unit tests keep 2 bits so that the collision chains get exercised.
+        let mask = if cfg!(test) { 3 } else { u64::MAX };
+        hash::hash_bytes(self.handle_seed, handle) & mask
+    }
+
+    #[inline]
     fn pool_index(&self, handle: &[u8]) -> Option<u32> {
-        self.by_handle.get(handle).copied()
+        let mut p = *self.by_handle.get(&self.handle_hash(handle))?;
+        loop {
+            let pool = self.pool(p);
+            if hash::bytes_eq(&pool.handle, handle) {
+                return Some(p);
+            }
+            if pool.next_same == NIL {
+                return None;
+            }
+            p = pool.next_same;
+        }
     }
 
     // ----- counts -----
@@ -842,19 +870,27 @@ impl Handlespace {
             }
         };
 
-        if let Some(&idx) = self.by_id.get(&PeKey {
+        // One hash and probe for both outcomes (the slot the new entry will get
+        // is known before it is filled).
+        let slot = match self.by_id.entry(PeKey {
             pool: pool_idx,
             id: pe.id,
         }) {
-            let prev = self.reregister(idx, pe, owner, v1, v2, extra, expiry);
-            return Ok(Registered {
-                new: false,
-                element: ElementRef(idx),
-                previous_owner: Some(prev),
-            });
-        }
+            std::collections::hash_map::Entry::Occupied(o) => {
+                let idx = *o.get();
+                let prev = self.reregister(idx, pe, owner, v1, v2, extra, expiry);
+                return Ok(Registered {
+                    new: false,
+                    element: ElementRef(idx),
+                    previous_owner: Some(prev),
+                });
+            }
+            std::collections::hash_map::Entry::Vacant(v) => v,
+        };
 
-        let count = self.pool(pool_idx).count as usize;
+        let count = self.pools[pool_idx as usize]
+            .as_ref()
+            .map_or(0, |p| p.count as usize);
         if count >= self.cfg.max_pes_per_pool || self.live >= self.cfg.max_pes {
             if count == 0 {
                 self.drop_pool(pool_idx);
@@ -886,14 +922,14 @@ impl Handlespace {
             asap: Stored::from_opt(pe.asap_transport.as_ref()),
             extra,
         };
+        let next = if self.free_entry != NIL {
+            self.free_entry
+        } else {
+            self.entries.len() as u32
+        };
+        slot.insert(next);
         let idx = self.alloc(entry);
-        self.by_id.insert(
-            PeKey {
-                pool: pool_idx,
-                id: pe.id,
-            },
-            idx,
-        );
+        debug_assert_eq!(idx, next);
         self.live += 1;
         self.pool_mut(pool_idx).count += 1;
         self.sel_insert(pool_idx, idx);
@@ -995,16 +1031,19 @@ impl Handlespace {
         e.reg_life = pe.reg_life;
         e.unreachable = 0;
         e.flags &= !F_MARK;
-        e.user = Stored::new(&pe.user_transport);
-        e.asap = Stored::from_opt(pe.asap_transport.as_ref());
+        e.user.update(&pe.user_transport);
+        e.asap.update_opt(pe.asap_transport.as_ref());
         e.expiry = expiry;
         self.reschedule(idx);
         prev_owner
     }
 
     fn create_pool(&mut self, handle: &[u8], policy: &Policy, ttype: u16, tuse: u16) -> u32 {
+        let hash = self.handle_hash(handle);
         let pool = Pool {
             handle: handle.into(),
+            hash,
+            next_same: NIL,
             handle_words: checksum::handle_words(handle),
             overall: policy.neutral(),
             ttype,
@@ -1022,14 +1061,31 @@ impl Handlespace {
                 (self.pools.len() - 1) as u32
             }
         };
-        self.by_handle.insert(handle.into(), idx);
+        // A colliding pool goes first in the chain.
+        if let Some(next) = self.by_handle.insert(hash, idx) {
+            self.pool_mut(idx).next_same = next;
+        }
         self.pool_count += 1;
         idx
     }
 
     fn drop_pool(&mut self, p: u32) {
         if let Some(pool) = self.pools[p as usize].take() {
-            self.by_handle.remove(&pool.handle);
+            // Unlink from the chain of pools with the same hash.
+            let first = self.by_handle[&pool.hash];
+            if first == p {
+                if pool.next_same == NIL {
+                    self.by_handle.remove(&pool.hash);
+                } else {
+                    self.by_handle.insert(pool.hash, pool.next_same);
+                }
+            } else {
+                let mut q = first;
+                while self.pool(q).next_same != p {
+                    q = self.pool(q).next_same;
+                }
+                self.pool_mut(q).next_same = pool.next_same;
+            }
             self.free_pools.push(p);
             self.pool_count -= 1;
         }
@@ -1211,9 +1267,14 @@ impl Handlespace {
     /// Removes a PE without building the removed value (cheaper). Returns whether it
     /// existed.
     pub fn remove(&mut self, handle: &[u8], id: u32) -> bool {
-        match self.find(handle, id) {
+        // Take the key out of by_id in the probe that finds it (not a lookup and
+        // then a second hash and probe to remove it).
+        let Some(pool) = self.pool_index(handle) else {
+            return false;
+        };
+        match self.by_id.remove(&PeKey { pool, id }) {
             Some(idx) => {
-                self.unlink(idx);
+                self.unlink_unkeyed(idx);
                 true
             }
             None => false,
@@ -1237,13 +1298,23 @@ impl Handlespace {
     }
 
     fn unlink(&mut self, idx: u32) {
+        let e = &self.entries[idx as usize];
+        let key = PeKey {
+            pool: e.pool,
+            id: e.id,
+        };
+        self.by_id.remove(&key);
+        self.unlink_unkeyed(idx);
+    }
+
+    /// [`unlink`](Self::unlink) of an entry already removed from `by_id`.
+    fn unlink_unkeyed(&mut self, idx: u32) {
         let (pool, id, owner) = {
             let e = &self.entries[idx as usize];
             (e.pool, e.id, e.owner)
         };
         self.sel_remove(pool, idx);
         self.owner_sub(owner, pool, id);
-        self.by_id.remove(&PeKey { pool, id });
         let p = self.pool_mut(pool);
         p.count -= 1;
         if p.count == 0 {
@@ -1595,5 +1666,43 @@ mod tests {
             "{}",
             std::mem::size_of::<Entry>()
         );
+    }
+
+    #[test]
+    fn colliding_handle_hashes_chain() {
+        // Under cfg(test) handle hashes have 2 bits: 64 pools collide heavily.
+        let mut h = Handlespace::new(Config::default());
+        let pe = |id| PoolElement {
+            id,
+            home: 0,
+            reg_life: -1,
+            user_transport: Transport::Udp {
+                port: 1,
+                addr: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            },
+            policy: Policy::RoundRobin,
+            asap_transport: None,
+        };
+        let handle = |i: u32| format!("pool{i}").into_bytes();
+        let mut live = std::collections::BTreeSet::new();
+        let mut rng = Rng::new(9);
+        for _ in 0..2000 {
+            let i = rng.below(64) as u32;
+            if live.contains(&i) {
+                assert!(h.remove(&handle(i), 1));
+                live.remove(&i);
+            } else {
+                h.register(&handle(i), &pe(1), 0, Time(0)).unwrap();
+                live.insert(i);
+            }
+            assert_eq!(h.pool_count(), live.len());
+            for j in 0..64 {
+                assert_eq!(
+                    h.pool_size(&handle(j)),
+                    live.contains(&j) as usize,
+                    "pool {j}"
+                );
+            }
+        }
     }
 }

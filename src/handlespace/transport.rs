@@ -99,6 +99,27 @@ impl Stored {
         }
     }
 
+    /// Stores `t`, leaving an equal stored value in place: a re-registration
+    /// nearly always repeats its transports, and a boxed one then costs no
+    /// allocation and free.
+    #[inline]
+    pub(crate) fn update(&mut self, t: &Transport) {
+        match self {
+            Stored::Inline(i) if InlineTransport::from_transport(t) == Some(*i) => {}
+            Stored::Boxed(b) if **b == *t => {}
+            _ => *self = Stored::new(t),
+        }
+    }
+
+    /// [`update`](Self::update) for an optional transport.
+    #[inline]
+    pub(crate) fn update_opt(&mut self, t: Option<&Transport>) {
+        match t {
+            Some(t) => self.update(t),
+            None => *self = Stored::None,
+        }
+    }
+
     pub(crate) fn from_opt(t: Option<&Transport>) -> Stored {
         t.map_or(Stored::None, Stored::new)
     }
@@ -234,6 +255,15 @@ mod tests {
             assert_eq!(r.addr_count(), t.addrs().len());
             assert_eq!(r.addr(0), t.addrs().first().copied());
             assert_eq!(r.to_transport(), t);
+            let mut u = Stored::new(&t);
+            u.update(&t);
+            assert_eq!(u, Stored::new(&t));
+            u.update_opt(None);
+            assert_eq!(u, Stored::None);
+            u.update_opt(Some(&t));
+            assert_eq!(u, Stored::new(&t));
+            u.update(&Transport::Opaque(vec![9]));
+            assert_eq!(u, Stored::new(&Transport::Opaque(vec![9])));
             assert_eq!(s.take(), Some(t));
         }
         assert_eq!(std::mem::size_of::<Stored>(), 16);
