@@ -765,6 +765,43 @@ fn connect_timeout_moves_on() {
 }
 
 #[test]
+fn acked_events_report_upper_layer_acks() {
+    let config = SessionConfig {
+        ack_events: true,
+        ..Default::default()
+    };
+    let mut net = Net::new(1, config);
+    for i in 0..3 {
+        net.send(&format!("m{i}")).unwrap();
+    }
+    net.run_ms(50);
+    let acked: Vec<u64> = net
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Acked { seq } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acked, vec![0, 1, 2]);
+    // A cumulative ACK covers everything up to its TSN.
+    let conn = net.pu.current_conn().unwrap();
+    net.pes.get_mut(&1).unwrap().blackhole = true;
+    net.conns.insert(conn, (1, false)); // stop the harness's own deliveries
+    for i in 3..6 {
+        net.pu
+            .send(format!("m{i}").as_bytes(), PPID_APP, SendOptions::default())
+            .unwrap();
+    }
+    while net.pu.poll_output().is_some() {}
+    assert_eq!(net.pu.unacked(), 3);
+    net.pu.handle_ack(conn, Some(4), net.now);
+    assert_eq!(net.pu.unacked(), 1);
+    net.pu.handle_ack(conn, Some(4), net.now);
+    assert_eq!(net.pu.stats().unexpected_acks, 1);
+}
+
+#[test]
 fn without_acks_nothing_is_resent() {
     let config = SessionConfig {
         upper_layer_acks: false,

@@ -118,6 +118,10 @@ pub struct SessionConfig {
     /// Wait before asking for a PE again after [`Session::handle_no_server`].
     /// Default 1 s.
     pub retry_interval: Duration,
+    /// Report every acknowledged message with [`Event::Acked`] (the
+    /// upper-layer acknowledgement of draft-ietf-rserpool-applic §3.6).
+    /// Default false.
+    pub ack_events: bool,
 }
 
 impl Default for SessionConfig {
@@ -130,6 +134,7 @@ impl Default for SessionConfig {
             connect_timeout: Duration::from_secs(5),
             max_attempts: 5,
             retry_interval: Duration::from_secs(1),
+            ack_events: false,
         }
     }
 }
@@ -311,6 +316,12 @@ pub enum Event {
     },
     /// The session gave up; it is closed.
     Failed(SessionError),
+    /// The PE acknowledged the message with this sequence number (only with
+    /// [`SessionConfig::ack_events`]).
+    Acked {
+        /// The number [`Session::send`] returned.
+        seq: u64,
+    },
 }
 
 /// Where the session stands.
@@ -600,7 +611,7 @@ impl Session {
         }
         let attempts = match &mut self.episode {
             Some(e) => {
-                e.attempts += 1;
+                e.attempts = e.attempts.saturating_add(1);
                 e.attempts
             }
             None => return,
@@ -719,6 +730,9 @@ impl Session {
     /// one ACK per delivered DATA chunk, in order).
     pub fn handle_ack(&mut self, conn: ConnId, cum_tsn: Option<u32>, now: Time) {
         self.advance(now);
+        if !self.config.upper_layer_acks {
+            return;
+        }
         let inflight = match &mut self.phase {
             Phase::Up {
                 conn: c, inflight, ..
@@ -738,6 +752,9 @@ impl Session {
             if let Some((_, Some(m))) = inflight.pop_front() {
                 self.buffered_bytes = self.buffered_bytes.saturating_sub(m.bytes.len());
                 self.stats.acked += 1;
+                if self.config.ack_events {
+                    self.events.push_back(Event::Acked { seq: m.seq });
+                }
             }
             acked += 1;
         }
@@ -767,7 +784,7 @@ impl Session {
             return Err(SendError::BufferFull);
         }
         let seq = self.next_seq;
-        self.next_seq += 1;
+        self.next_seq = self.next_seq.wrapping_add(1);
         self.buffered_bytes += bytes.len();
         let m = Msg {
             seq,
@@ -963,7 +980,7 @@ impl Session {
         let Some(ep) = &mut self.episode else {
             return;
         };
-        ep.attempts += 1;
+        ep.attempts = ep.attempts.saturating_add(1);
         let Some(addr) = pe_addr(&pe) else {
             // Not a transport we can reach: skip it (not reported unreachable).
             ep.failed.insert(pe.id);
@@ -972,7 +989,7 @@ impl Session {
             return;
         };
         let conn = ConnId(self.next_conn);
-        self.next_conn += 1;
+        self.next_conn = self.next_conn.wrapping_add(1);
         self.stats.connect_attempts += 1;
         self.out.push_back(Output::Connect {
             conn,
