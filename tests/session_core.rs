@@ -999,3 +999,99 @@ fn hostile_input_never_panics() {
     net.pu.handle_data(conn, PPID_ASAP, &card, net.now);
     assert_eq!(net.pu.business_card().unwrap().1[0].id, 5);
 }
+
+/// The runtime glue against the real ASAP client (in its simulation with a
+/// registrar): `NeedServer` → `get_primary_server`, `ReportUnreachable` →
+/// `report_unreachable`; the failed PE is not offered again.
+#[test]
+fn glue_with_the_asap_client() {
+    use rserpool::asap::sim::{registrar_addr, Sim, SimConfig};
+    use rserpool::asap::{ClientConfig, RegisterOptions, Selection};
+    use rserpool::registrar::RegistrarConfig;
+
+    let mut sim = Sim::new(SimConfig::default());
+    let r = sim.add_registrar(
+        RegistrarConfig {
+            idle_timeout: Duration::ZERO,
+            ..RegistrarConfig::default()
+        },
+        0x1111,
+    );
+    let cfg = ClientConfig {
+        registrars: vec![registrar_addr(r)],
+        ..ClientConfig::default()
+    };
+    let pe_c = sim.add_client(cfg.clone(), 1);
+    let pu_c = sim.add_client(cfg, 2);
+    for i in 1..=3u16 {
+        sim.with_client(pe_c, |c, now| {
+            c.register(
+                pool(),
+                Transport::Tcp {
+                    port: 9000 + i,
+                    transport_use: transport_use::DATA_PLUS_CONTROL,
+                    addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8)),
+                },
+                Policy::RoundRobin,
+                30,
+                RegisterOptions::default(),
+                now,
+            )
+            .unwrap()
+        });
+    }
+    sim.run_for(Duration::from_secs(1));
+
+    let mut session = Session::open(pool(), SessionConfig::default(), Time::ZERO);
+    let mut log: Log = (Vec::new(), Vec::new());
+    // Drain the session's outputs through the client.
+    type Log = (Vec<(ConnId, u32)>, Vec<u32>);
+    let glue = |session: &mut Session, sim: &mut Sim, log: &mut Log| {
+        let (connects, reported) = log;
+        while let Some(o) = session.poll_output() {
+            match o {
+                Output::NeedServer { pool, .. } => loop {
+                    match sim.with_client(pu_c, |c, now| c.get_primary_server(&pool, now)) {
+                        Selection::Ready(pe) => {
+                            session.handle_server(pe, Time::ZERO);
+                            break;
+                        }
+                        Selection::Pending(_) => sim.run_for(Duration::from_millis(10)),
+                        Selection::Failed(_) => {
+                            session.handle_no_server(Time::ZERO);
+                            break;
+                        }
+                    }
+                },
+                Output::ReportUnreachable { pool, pe_id } => {
+                    sim.with_client(pu_c, |c, now| c.report_unreachable(&pool, pe_id, now));
+                    reported.push(pe_id);
+                }
+                Output::Connect { conn, pe, addr } => {
+                    assert_eq!(Some(addr.port()), pe.user_transport.port());
+                    connects.push((conn, pe.id));
+                }
+                _ => {}
+            }
+        }
+    };
+    glue(&mut session, &mut sim, &mut log);
+    let (c0, first) = log.0[0];
+    session.handle_connected(c0, Time::ZERO);
+    glue(&mut session, &mut sim, &mut log);
+    assert_eq!(session.poll_event(), Some(Event::Connected { pe: first }));
+    session.handle_closed(c0, Time::ZERO);
+    glue(&mut session, &mut sim, &mut log);
+    assert_eq!(log.1, vec![first]);
+    let (c1, second) = log.0[1];
+    assert_ne!(second, first, "the reported PE is skipped by the client");
+    session.handle_connected(c1, Time::ZERO);
+    glue(&mut session, &mut sim, &mut log);
+    assert_eq!(
+        session.poll_event(),
+        Some(Event::Failover {
+            from: first,
+            to: second
+        })
+    );
+}
