@@ -15,6 +15,7 @@ pub mod asap;
 pub mod handlespace;
 pub mod registrar;
 pub mod runtime;
+pub mod session;
 #[doc(hidden)]
 pub mod sim;
 pub mod time;

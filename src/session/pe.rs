@@ -1,0 +1,267 @@
+//! The pool element's side of enhanced-mode sessions: one [`PeSession`] per
+//! accepted data connection, and [`SessionAcceptor`] holding them.
+//!
+//! The PE separates the control channel (PPID 11) from application data,
+//! surfaces the pool user's ASAP_COOKIE_ECHO ([`PeEvent::CookieEcho`]), lets
+//! the application send cookies and business cards, and tells the runtime
+//! when to send a TCP mapping ACK: one [`PeOutput::Ack`] per DATA chunk,
+//! emitted when the chunk has been handed to the application (for data: when
+//! [`PeSession::poll_event`] returns it; for control messages the core
+//! consumes: at once), digest §10.4.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::{ConnId, SendError, MAX_MESSAGE_LEN, PPID_ASAP};
+use crate::wire::{AsapMessage, PoolElement, PoolHandle};
+
+/// Something for the runtime to do on the PE side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeOutput {
+    /// Send one message as one DATA chunk.
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// 11 for ASAP control, the application's PPID otherwise.
+        ppid: u32,
+        /// The message.
+        bytes: Vec<u8>,
+    },
+    /// Send one ACK chunk: one more DATA chunk was delivered.
+    Ack {
+        /// The connection.
+        conn: ConnId,
+    },
+}
+
+/// Something for the PE application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeEvent {
+    /// The pool user's cookie echo: the state to take over. Comes before any
+    /// data if the pool user sent it first (as it must).
+    CookieEcho(Vec<u8>),
+    /// An application message.
+    Data {
+        /// Its PPID.
+        ppid: u32,
+        /// The message.
+        bytes: Vec<u8>,
+    },
+    /// The pool user sent a business card (it is also a PE).
+    BusinessCard {
+        /// Its pool.
+        pool: PoolHandle,
+        /// Its PEs in fail-over order.
+        elements: Vec<PoolElement>,
+    },
+}
+
+/// Counters of one PE-side connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeStats {
+    /// DATA chunks delivered (and so acknowledged), control included.
+    pub delivered: u64,
+    /// Cookie echoes that came after application data (not first).
+    pub late_cookie_echoes: u64,
+    /// Other control messages (ignored).
+    pub ignored_control: u64,
+    /// Undecodable control messages (ignored, still acknowledged).
+    pub malformed_control: u64,
+}
+
+/// One accepted data connection on the PE side.
+#[derive(Debug)]
+pub struct PeSession {
+    conn: ConnId,
+    seen_data: bool,
+    out: VecDeque<PeOutput>,
+    /// Events, each with "an ACK is due when it is handed out".
+    events: VecDeque<(PeEvent, bool)>,
+    stats: PeStats,
+}
+
+impl PeSession {
+    /// A session for the accepted connection `conn`.
+    pub fn new(conn: ConnId) -> Self {
+        PeSession {
+            conn,
+            seen_data: false,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: PeStats::default(),
+        }
+    }
+
+    /// The connection.
+    pub fn conn(&self) -> ConnId {
+        self.conn
+    }
+
+    /// Counters; `delivered` is the number of ACKs due so far.
+    pub fn stats(&self) -> &PeStats {
+        &self.stats
+    }
+
+    /// One DATA chunk's message arrived.
+    pub fn handle_data(&mut self, ppid: u32, bytes: &[u8]) {
+        if ppid != PPID_ASAP {
+            self.seen_data = true;
+            self.events.push_back((
+                PeEvent::Data {
+                    ppid,
+                    bytes: bytes.to_vec(),
+                },
+                true,
+            ));
+            return;
+        }
+        match AsapMessage::decode(bytes) {
+            Ok(d) => match d.msg {
+                AsapMessage::CookieEcho(c) => {
+                    if self.seen_data {
+                        self.stats.late_cookie_echoes += 1;
+                    }
+                    self.events.push_back((PeEvent::CookieEcho(c), true));
+                    return;
+                }
+                AsapMessage::BusinessCard {
+                    pool_handle,
+                    elements,
+                    ..
+                } => {
+                    self.events.push_back((
+                        PeEvent::BusinessCard {
+                            pool: pool_handle,
+                            elements,
+                        },
+                        true,
+                    ));
+                    return;
+                }
+                _ => self.stats.ignored_control += 1,
+            },
+            Err(_) => self.stats.malformed_control += 1,
+        }
+        // Consumed by the core: delivered now.
+        self.ack();
+    }
+
+    fn ack(&mut self) {
+        self.stats.delivered += 1;
+        self.out.push_back(PeOutput::Ack { conn: self.conn });
+    }
+
+    /// Send a cookie (the PU keeps the latest).
+    pub fn send_cookie(&mut self, cookie: &[u8]) -> Result<(), SendError> {
+        self.send_control(AsapMessage::Cookie(cookie.to_vec()))
+    }
+
+    /// Send a business card: the PEs the pool user should fail over to, in
+    /// order.
+    pub fn send_business_card(
+        &mut self,
+        pool: PoolHandle,
+        elements: Vec<PoolElement>,
+    ) -> Result<(), SendError> {
+        self.send_control(AsapMessage::BusinessCard {
+            pool_handle: pool,
+            policy: None,
+            elements,
+        })
+    }
+
+    fn send_control(&mut self, msg: AsapMessage) -> Result<(), SendError> {
+        if msg.encoded_len() > MAX_MESSAGE_LEN {
+            return Err(SendError::TooLarge);
+        }
+        let mut bytes = Vec::new();
+        msg.encode(&mut bytes);
+        self.out.push_back(PeOutput::Send {
+            conn: self.conn,
+            ppid: PPID_ASAP,
+            bytes,
+        });
+        Ok(())
+    }
+
+    /// Send an application message to the pool user.
+    pub fn send(&mut self, bytes: &[u8], ppid: u32) -> Result<(), SendError> {
+        if ppid == PPID_ASAP {
+            return Err(SendError::ReservedPpid);
+        }
+        if bytes.len() > MAX_MESSAGE_LEN {
+            return Err(SendError::TooLarge);
+        }
+        self.out.push_back(PeOutput::Send {
+            conn: self.conn,
+            ppid,
+            bytes: bytes.to_vec(),
+        });
+        Ok(())
+    }
+
+    /// The next thing for the runtime to do.
+    pub fn poll_output(&mut self) -> Option<PeOutput> {
+        self.out.pop_front()
+    }
+
+    /// The next event; handing out a delivered DATA chunk queues its ACK.
+    pub fn poll_event(&mut self) -> Option<PeEvent> {
+        let (ev, ack) = self.events.pop_front()?;
+        if ack {
+            self.ack();
+        }
+        Some(ev)
+    }
+}
+
+/// The PE's sessions, one per accepted data connection.
+#[derive(Debug, Default)]
+pub struct SessionAcceptor {
+    sessions: BTreeMap<ConnId, PeSession>,
+}
+
+impl SessionAcceptor {
+    /// No sessions yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A data connection was accepted.
+    pub fn handle_accepted(&mut self, conn: ConnId) {
+        self.sessions.insert(conn, PeSession::new(conn));
+    }
+
+    /// The connection closed: its session is dropped.
+    pub fn handle_closed(&mut self, conn: ConnId) {
+        self.sessions.remove(&conn);
+    }
+
+    /// A message arrived on `conn` (unknown connections are ignored).
+    pub fn handle_data(&mut self, conn: ConnId, ppid: u32, bytes: &[u8]) {
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.handle_data(ppid, bytes);
+        }
+    }
+
+    /// The session of `conn`.
+    pub fn session(&mut self, conn: ConnId) -> Option<&mut PeSession> {
+        self.sessions.get_mut(&conn)
+    }
+
+    /// The connections with a session.
+    pub fn conns(&self) -> Vec<ConnId> {
+        self.sessions.keys().copied().collect()
+    }
+
+    /// The next output of any session.
+    pub fn poll_output(&mut self) -> Option<PeOutput> {
+        self.sessions.values_mut().find_map(|s| s.poll_output())
+    }
+
+    /// The next event of any session, with its connection.
+    pub fn poll_event(&mut self) -> Option<(ConnId, PeEvent)> {
+        self.sessions
+            .iter_mut()
+            .find_map(|(c, s)| s.poll_event().map(|e| (*c, e)))
+    }
+}
