@@ -556,8 +556,8 @@ int rserpool_config_add_registrar(struct rserpool_config *cfg, const char *url);
 
 /**
  * Learns registrars from ASAP_SERVER_ANNOUNCE datagrams on a multicast
- * group: `group_port` is "GROUP:PORT" ("239.0.0.50:3863",
- * "[ff05::1]:3863"), or "off" (the default) to stop. Each announced
+ * group: `group_port` is "GROUP:PORT" (`239.0.0.50:3863`,
+ * `[ff05::1]:3863`), or "off" (the default) to stop. Each announced
  * registrar is kept for T7 after its last announce.
  *
  * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,

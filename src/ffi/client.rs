@@ -591,8 +591,8 @@ pub unsafe extern "C" fn rserpool_config_add_registrar(
 }
 
 /// Learns registrars from ASAP_SERVER_ANNOUNCE datagrams on a multicast
-/// group: `group_port` is "GROUP:PORT" ("239.0.0.50:3863",
-/// "[ff05::1]:3863"), or "off" (the default) to stop. Each announced
+/// group: `group_port` is "GROUP:PORT" (`239.0.0.50:3863`,
+/// `[ff05::1]:3863`), or "off" (the default) to stop. Each announced
 /// registrar is kept for T7 after its last announce.
 ///
 /// Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
