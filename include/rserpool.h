@@ -10,7 +10,13 @@
  *    RSERPOOL_ERR_NULL_POINTER. Buffers always come with an explicit length.
  *  - Output parameters are written only on success, unless a function's
  *    documentation says otherwise.
- *  - Every function may be called from any thread.
+ *  - Every function may be called from any thread. No function calls back
+ *    into the application; blocking calls block only the calling thread.
+ *  - Objects are opaque handles (rserpool_config *, rserpool_context *):
+ *    slot numbers with a generation counter, not addresses, so a freed or
+ *    made-up handle gives RSERPOOL_ERR_INVALID_HANDLE instead of undefined
+ *    behaviour. The caller owns what a _new function returns and frees it
+ *    with the matching _free exactly once (NULL is accepted).
  *  - No Rust panic crosses this boundary: an internal failure is reported as
  *    RSERPOOL_ERR_INTERNAL (or NULL / 0 where a function returns no code).
  */
@@ -20,12 +26,200 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 
 /**
  * Success: the value every function returns when it worked.
  */
 #define RSERPOOL_OK 0
+
+/**
+ * Transport protocol SCTP (its IPPROTO number).
+ */
+#define RSERPOOL_TRANSPORT_SCTP 132
+
+/**
+ * Transport protocol TCP (its IPPROTO number).
+ */
+#define RSERPOOL_TRANSPORT_TCP 6
+
+/**
+ * Transport protocol UDP (its IPPROTO number).
+ */
+#define RSERPOOL_TRANSPORT_UDP 17
+
+/**
+ * Transport protocol UDP-Lite (its IPPROTO number).
+ */
+#define RSERPOOL_TRANSPORT_UDPLITE 136
+
+/**
+ * Transport protocol DCCP (its IPPROTO number; service code 0).
+ */
+#define RSERPOOL_TRANSPORT_DCCP 33
+
+/**
+ * Transport use: data only (RFC 5354 §3.3).
+ */
+#define RSERPOOL_TRANSPORT_USE_DATA_ONLY 0
+
+/**
+ * Transport use: data plus control (RFC 5354 §3.3).
+ */
+#define RSERPOOL_TRANSPORT_USE_DATA_PLUS_CONTROL 1
+
+/**
+ * Policy Round Robin (RFC 5356 §4.1): no values.
+ */
+#define RSERPOOL_POLICY_ROUND_ROBIN 1
+
+/**
+ * Policy Weighted Round Robin: `weight`.
+ */
+#define RSERPOOL_POLICY_WEIGHTED_ROUND_ROBIN 2
+
+/**
+ * Policy Random: no values.
+ */
+#define RSERPOOL_POLICY_RANDOM 3
+
+/**
+ * Policy Weighted Random: `weight`.
+ */
+#define RSERPOOL_POLICY_WEIGHTED_RANDOM 4
+
+/**
+ * Policy Priority: `priority`.
+ */
+#define RSERPOOL_POLICY_PRIORITY 5
+
+/**
+ * Policy Least Used: `load`.
+ */
+#define RSERPOOL_POLICY_LEAST_USED 1073741825
+
+/**
+ * Policy Least Used with Degradation: `load`, `degradation`.
+ */
+#define RSERPOOL_POLICY_LEAST_USED_DEGRADATION 1073741826
+
+/**
+ * Policy Priority Least Used: `load`, `degradation`.
+ */
+#define RSERPOOL_POLICY_PRIORITY_LEAST_USED 1073741827
+
+/**
+ * Policy Randomized Least Used: `load`.
+ */
+#define RSERPOOL_POLICY_RANDOMIZED_LEAST_USED 1073741828
+
+/**
+ * Timer T1-ENRPrequest: guards a handle resolution (default 15 s).
+ */
+#define RSERPOOL_TIMER_T1_REQUEST 1
+
+/**
+ * Timer T2-registration: guards a registration (default 30 s).
+ */
+#define RSERPOOL_TIMER_T2_REGISTRATION 2
+
+/**
+ * Timer T3-deregistration: guards a deregistration (default 30 s).
+ */
+#define RSERPOOL_TIMER_T3_DEREGISTRATION 3
+
+/**
+ * Timer T4-reregistration as a fixed interval; 0 restores the rule
+ * `min(10 min, life - 20 s)` (or life/2 for short lives).
+ */
+#define RSERPOOL_TIMER_T4_REREGISTRATION 4
+
+/**
+ * Timer T5-Serverhunt: the first round of a registrar hunt (default 10 s);
+ * also bounds one connection attempt.
+ */
+#define RSERPOOL_TIMER_T5_SERVER_HUNT 5
+
+/**
+ * Timer T7-ENRPoutdate: life of a registrar learned from an announce
+ * (default 5 s). (T6 is the registrar's announce interval: no client timer.)
+ */
+#define RSERPOOL_TIMER_T7_OUTDATE 7
+
+/**
+ * stale_cache_value: age after which a cached resolution is refreshed
+ * (default 1 s; 0 = refresh on every selection).
+ */
+#define RSERPOOL_TIMER_STALE_CACHE 8
+
+/**
+ * RETRAN-MAX: the ceiling T5 doubles up to (default 60 s).
+ */
+#define RSERPOOL_TIMER_RETRAN_MAX 9
+
+/**
+ * How long a PE reported unreachable is skipped by selection (default 10 s).
+ */
+#define RSERPOOL_TIMER_UNREACHABLE_HOLDOFF 10
+
+/**
+ * How long `rserpool_context_free` waits for the deregistration of the PEs
+ * still registered (default 2 s; 0 = do not wait).
+ */
+#define RSERPOOL_TIMER_SHUTDOWN 11
+
+/**
+ * Registration life in seconds (RFC 5354; the default).
+ */
+#define RSERPOOL_REGLIFE_SECONDS 0
+
+/**
+ * Registration life in milliseconds (RSPLIB, Wireshark).
+ */
+#define RSERPOOL_REGLIFE_MILLISECONDS 1
+
+/**
+ * RFC 5352 §7 timer values (the default).
+ */
+#define RSERPOOL_PROFILE_RFC 0
+
+/**
+ * RSPLIB's client behaviour: 3 s request timers, registration life in
+ * milliseconds and re-registration every third of it, one retry.
+ */
+#define RSERPOOL_PROFILE_RSPLIB 1
+
+/**
+ * PE status: a registration (first or refresh) is in progress.
+ */
+#define RSERPOOL_PE_REGISTERING 1
+
+/**
+ * PE status: registered.
+ */
+#define RSERPOOL_PE_REGISTERED 2
+
+/**
+ * PE status: the last refresh failed; the library keeps trying.
+ */
+#define RSERPOOL_PE_LOST 3
+
+/**
+ * PE status: a deregistration is in progress.
+ */
+#define RSERPOOL_PE_DEREGISTERING 4
+
+/**
+ * Most addresses `rserpool_server_info` holds (`addr_total` says how many
+ * the PE has).
+ */
+#define RSERPOOL_MAX_ADDRS 8
+
+/**
+ * Size of the text form of an address, NUL included (INET6_ADDRSTRLEN is 46).
+ */
+#define RSERPOOL_ADDR_TEXT_LEN 48
 
 /**
  * SCTP payload protocol identifier of ASAP messages.
@@ -79,6 +273,11 @@ typedef enum RserpoolErr {
    * The operation is not possible in the object's current state.
    */
   RSERPOOL_ERR_INVALID_STATE = -5,
+  /**
+   * No pool element with this identifier in the context (never registered,
+   * already deregistered, or given up by the library).
+   */
+  RSERPOOL_ERR_UNKNOWN_PE = -6,
   /**
    * The peer answered with an error cause this library does not know.
    */
@@ -148,6 +347,10 @@ typedef enum RserpoolErr {
    */
   RSERPOOL_ERR_WOULD_BLOCK = -205,
   /**
+   * Every pool element of the pool has been reported unreachable.
+   */
+  RSERPOOL_ERR_NO_USABLE_ELEMENT = -206,
+  /**
    * The input is not a well-formed message.
    */
   RSERPOOL_ERR_MALFORMED = -300,
@@ -157,9 +360,462 @@ typedef enum RserpoolErr {
   RSERPOOL_ERR_INTERNAL = -900,
 } RserpoolErr;
 
+/**
+ * A client configuration under construction (opaque). Create it with
+ * `rserpool_config_new`, free it with `rserpool_config_free`. The pointer
+ * value is a handle, not an address: see "Handles" in `rserpool_context_new`.
+ */
+typedef struct rserpool_config rserpool_config;
+
+/**
+ * An ASAP endpoint: pool elements and pool user of one application, with
+ * its own thread (opaque). Create it with `rserpool_context_new`, free it
+ * with `rserpool_context_free`.
+ */
+typedef struct rserpool_context rserpool_context;
+
+/**
+ * A pool member selection policy and its values (RFC 5356). Only the values
+ * the type uses are read; set the others to 0.
+ */
+typedef struct rserpool_policy {
+  /**
+   * RSERPOOL_POLICY_*.
+   */
+  uint32_t policy_type;
+  /**
+   * Weighted Round Robin, Weighted Random.
+   */
+  uint32_t weight;
+  /**
+   * Priority.
+   */
+  uint32_t priority;
+  /**
+   * Least Used variants: a fraction of 0xFFFFFFFF (0 idle, 0xFFFFFFFF full).
+   */
+  uint32_t load;
+  /**
+   * Least Used with Degradation, Priority Least Used: same scale.
+   */
+  uint32_t degradation;
+} rserpool_policy;
+
+/**
+ * How a pool element is reached and registered. Fill it with
+ * `rserpool_pe_params_init`, then set at least `port` and the addresses.
+ * Read during `rserpool_register_pe` only; nothing is kept.
+ */
+typedef struct rserpool_pe_params {
+  /**
+   * RSERPOOL_TRANSPORT_* (default TCP).
+   */
+  uint32_t protocol;
+  /**
+   * The port pool users connect to (not 0).
+   */
+  uint16_t port;
+  /**
+   * RSERPOOL_TRANSPORT_USE_* (TCP and SCTP; default data only).
+   */
+  uint16_t transport_use;
+  /**
+   * `addr_count` NUL-terminated numeric IPv4 or IPv6 addresses
+   * ("192.0.2.1", "2001:db8::1"), concrete (not 0.0.0.0 or ::). SCTP takes
+   * one or more (multi-homing), the other protocols exactly one.
+   */
+  const char *const *addrs;
+  /**
+   * How many entries `addrs` has.
+   */
+  size_t addr_count;
+  /**
+   * The policy (default Round Robin).
+   */
+  struct rserpool_policy policy;
+  /**
+   * Registration life in the configured unit; -1 = infinite (default 60,
+   * i.e. 60 s with the RFC unit).
+   */
+  int32_t reg_life;
+  /**
+   * A fixed PE identifier (e.g. of a restarting PE), unique in the context;
+   * 0 (default) = random.
+   */
+  uint32_t pe_id;
+} rserpool_pe_params;
+
+/**
+ * One address of a pool element, ready for `connect()`.
+ */
+typedef struct rserpool_addr {
+  /**
+   * `struct sockaddr_in` or `struct sockaddr_in6`, port filled in.
+   */
+  struct sockaddr_storage sa;
+  /**
+   * The length to pass to `connect()`.
+   */
+  uint32_t sa_len;
+  /**
+   * The address as NUL-terminated text, without the port ("192.0.2.1").
+   */
+  char text[RSERPOOL_ADDR_TEXT_LEN];
+  /**
+   * Zero; keeps the size a multiple of 8 without hidden padding.
+   */
+  uint32_t reserved;
+} rserpool_addr;
+
+/**
+ * The pool element a pool user should use.
+ */
+typedef struct rserpool_server_info {
+  /**
+   * Its PE identifier (for `rserpool_get_next_server`,
+   * `rserpool_report_failure`).
+   */
+  uint32_t pe_id;
+  /**
+   * RSERPOOL_TRANSPORT_* (an IPPROTO number: usable as the third argument
+   * of `socket()`), or 0 for an opaque transport.
+   */
+  uint32_t protocol;
+  /**
+   * The port.
+   */
+  uint16_t port;
+  /**
+   * RSERPOOL_TRANSPORT_USE_*.
+   */
+  uint16_t transport_use;
+  /**
+   * The PE's policy and values as registered (unknown types: type only).
+   */
+  struct rserpool_policy policy;
+  /**
+   * Entries of `addrs` filled in (at most RSERPOOL_MAX_ADDRS).
+   */
+  uint32_t addr_count;
+  /**
+   * Addresses the PE really has (may exceed `addr_count`).
+   */
+  uint32_t addr_total;
+  /**
+   * The addresses, in the PE's order.
+   */
+  struct rserpool_addr addrs[RSERPOOL_MAX_ADDRS];
+} rserpool_server_info;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/**
+ * Creates a client configuration with the RFC 5352 defaults and no
+ * registrar.
+ *
+ * On success `*cfg_out` receives a new handle that the caller owns: free it
+ * with `rserpool_config_free` (exactly once) when no longer needed; a
+ * context made from it does not need it any more.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER, or RSERPOOL_ERR_OS when
+ * the handle table is full. Thread-safe.
+ *
+ * # Safety
+ * `cfg_out` must be valid for writing.
+ */
+int rserpool_config_new(struct rserpool_config **cfg_out);
+
+/**
+ * Frees a configuration. NULL is accepted (RSERPOOL_OK, nothing done).
+ *
+ * Returns RSERPOOL_OK, or RSERPOOL_ERR_INVALID_HANDLE when `cfg` was already
+ * freed or never was a configuration (nothing is done then). Thread-safe;
+ * the handle must not be used afterwards.
+ */
+int rserpool_config_free(struct rserpool_config *cfg);
+
+/**
+ * Adds a registrar to call home: `tcp://HOST:PORT` (TCP with the TCP
+ * mapping) or `sctp://HOST[,HOST...]:PORT` (kernel SCTP, multi-homed). IPv6
+ * literals go in brackets; host names are resolved now. Repeatable: the
+ * registrars are tried in order during a hunt (three at a time).
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+ * RSERPOOL_ERR_INVALID_HANDLE, or RSERPOOL_ERR_INVALID_ARGUMENT (not a
+ * URL, port 0, wildcard address, name that does not resolve). An `sctp://`
+ * URL is accepted here; `rserpool_context_new` fails with
+ * RSERPOOL_ERR_NO_SCTP while the library cannot reach registrars over SCTP.
+ * Thread-safe; `url` is not kept.
+ *
+ * # Safety
+ * `url` must be NULL or a NUL-terminated string.
+ */
+int rserpool_config_add_registrar(struct rserpool_config *cfg, const char *url);
+
+/**
+ * Learns registrars from ASAP_SERVER_ANNOUNCE datagrams on a multicast
+ * group: `group_port` is "GROUP:PORT" ("239.0.0.50:3863",
+ * "[ff05::1]:3863"), or "off" (the default) to stop. Each announced
+ * registrar is kept for T7 after its last announce.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+ * RSERPOOL_ERR_INVALID_HANDLE or RSERPOOL_ERR_INVALID_ARGUMENT (not a
+ * multicast group with a port). Thread-safe; `group_port` is not kept.
+ *
+ * # Safety
+ * `group_port` must be NULL or a NUL-terminated string.
+ */
+int rserpool_config_set_announce(struct rserpool_config *cfg, const char *group_port);
+
+/**
+ * Sets one timer, in milliseconds: `which` is an RSERPOOL_TIMER_* value.
+ * T1, T2, T3 and T5 must not be 0; RSERPOOL_TIMER_T4_REREGISTRATION 0
+ * restores the RFC rule.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+ * RSERPOOL_ERR_INVALID_HANDLE or RSERPOOL_ERR_INVALID_ARGUMENT (unknown
+ * timer, 0 where not allowed). Thread-safe.
+ */
+int rserpool_config_set_timer(struct rserpool_config *cfg, uint32_t which, uint32_t ms);
+
+/**
+ * Sets MAX-REG-ATTEMPT (registration and deregistration attempts, each
+ * guarded by T2/T3; default 2, at least 1) and MAX-REQUEST-RETRANSMIT
+ * (re-sends of a handle resolution after T1; default 2).
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+ * RSERPOOL_ERR_INVALID_HANDLE or RSERPOOL_ERR_INVALID_ARGUMENT
+ * (`max_reg_attempt` 0, or either above 100). Thread-safe.
+ */
+int rserpool_config_set_attempts(struct rserpool_config *cfg,
+                                 uint32_t max_reg_attempt,
+                                 uint32_t max_request_retransmit);
+
+/**
+ * Sets the unit of registration lives (`rserpool_pe_params.reg_life`):
+ * RSERPOOL_REGLIFE_SECONDS (RFC 5354, default) or
+ * RSERPOOL_REGLIFE_MILLISECONDS (RSPLIB). Must match the registrar's.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+ * RSERPOOL_ERR_INVALID_HANDLE or RSERPOOL_ERR_INVALID_ARGUMENT. Thread-safe.
+ */
+int rserpool_config_set_reglife_unit(struct rserpool_config *cfg, uint32_t unit);
+
+/**
+ * Replaces every timer, limit and unit by a profile's: RSERPOOL_PROFILE_RFC
+ * (the defaults) or RSERPOOL_PROFILE_RSPLIB. Registrars, the announce group
+ * and the shutdown wait are kept. Call it before the other setters.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+ * RSERPOOL_ERR_INVALID_HANDLE or RSERPOOL_ERR_INVALID_ARGUMENT. Thread-safe.
+ */
+int rserpool_config_set_profile(struct rserpool_config *cfg, uint32_t profile);
+
+/**
+ * Starts an ASAP endpoint from a configuration (copied: `cfg` may be freed
+ * or changed afterwards): a thread that calls home to a registrar when
+ * something needs one, re-registers the PEs, answers keep-alives, keeps the
+ * pool user's cache and hunts for a new registrar when the home one fails.
+ *
+ * On success `*ctx_out` receives a handle the caller owns; free it with
+ * `rserpool_context_free`, exactly once.
+ *
+ * Handles: an `rserpool_context *` (and an `rserpool_config *`) is not a
+ * memory address but a slot number and a generation counter in a global
+ * table. A freed, doubly freed or made-up handle is detected
+ * (RSERPOOL_ERR_INVALID_HANDLE) instead of touching freed memory; a handle
+ * is only reused after 2^32 frees of the same slot (64-bit platforms).
+ *
+ * Threads: every function taking a context may be called from any thread,
+ * concurrently; calls that wait for the registrar block only the calling
+ * thread. No callback is ever made into the application.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+ * RSERPOOL_ERR_INVALID_HANDLE (`cfg`), RSERPOOL_ERR_NO_SCTP (an `sctp://`
+ * registrar while the library cannot connect over SCTP) or RSERPOOL_ERR_OS
+ * (thread, socket or announce group setup failed).
+ *
+ * # Safety
+ * `ctx_out` must be valid for writing.
+ */
+int rserpool_context_new(const struct rserpool_config *cfg, struct rserpool_context **ctx_out);
+
+/**
+ * Stops an ASAP endpoint: the PEs still registered are deregistered (waiting
+ * at most RSERPOOL_TIMER_SHUTDOWN, default 2 s), connections are closed and
+ * the thread is joined. NULL is accepted (RSERPOOL_OK, nothing done).
+ *
+ * Calls still running on other threads finish normally (the endpoint stops
+ * when the last one returns); new calls with the handle fail with
+ * RSERPOOL_ERR_INVALID_HANDLE.
+ *
+ * Returns RSERPOOL_OK, or RSERPOOL_ERR_INVALID_HANDLE when `ctx` was already
+ * freed or is not a context. Thread-safe.
+ */
+int rserpool_context_free(struct rserpool_context *ctx);
+
+/**
+ * Fills `params` with the defaults: TCP, data only, no address, port 0,
+ * Round Robin, registration life 60, random PE identifier.
+ *
+ * Returns RSERPOOL_OK or RSERPOOL_ERR_NULL_POINTER. Thread-safe.
+ *
+ * # Safety
+ * `params` must be valid for writing.
+ */
+int rserpool_pe_params_init(struct rserpool_pe_params *params);
+
+/**
+ * Registers a pool element under `pool_handle` (`handle_len` bytes, 1 to
+ * 65531; any bytes, usually text without its NUL) and waits until the
+ * registrar granted it. From then on the library re-registers it every T4,
+ * answers keep-alives and moves it to a new registrar when the home one
+ * fails, without the application's help, until `rserpool_deregister` or
+ * `rserpool_context_free`.
+ *
+ * On success `*pe_id_out` receives the PE identifier (unique in the
+ * context) that names the PE in the other calls.
+ *
+ * Blocks the calling thread at most MAX-REG-ATTEMPT x T2 (+ a few seconds).
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+ * RSERPOOL_ERR_INVALID_HANDLE, RSERPOOL_ERR_INVALID_ARGUMENT (empty or long
+ * handle; address, port, protocol, policy or life invalid; fixed `pe_id`
+ * already used in the context), RSERPOOL_ERR_PROTOCOL_* (the registrar's
+ * refusal, e.g. RSERPOOL_ERR_PROTOCOL_INCONSISTENT_POLICY),
+ * RSERPOOL_ERR_NO_REGISTRAR (none reachable) or RSERPOOL_ERR_TIMEOUT (a
+ * registrar did not answer). Thread-safe; nothing is kept from `params`.
+ *
+ * # Safety
+ * `pool_handle` must point to `handle_len` readable bytes, `params` to a
+ * valid struct whose `addrs` holds `addr_count` pointers to NUL-terminated
+ * strings, `pe_id_out` must be writable.
+ */
+int rserpool_register_pe(struct rserpool_context *ctx,
+                         const uint8_t *pool_handle,
+                         size_t handle_len,
+                         const struct rserpool_pe_params *params,
+                         uint32_t *pe_id_out);
+
+/**
+ * Sets the load of a registered PE whose policy has one (Least Used and its
+ * variants; the degradation stays) and re-registers it at once. Does not
+ * wait for the registrar: returns when the update is on its way.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_INVALID_HANDLE, RSERPOOL_ERR_UNKNOWN_PE
+ * (no such PE in the context: never registered, deregistered or given up)
+ * or RSERPOOL_ERR_INVALID_ARGUMENT (the PE's policy has no load).
+ * Thread-safe.
+ */
+int rserpool_update_load(struct rserpool_context *ctx, uint32_t pe_id, uint32_t load);
+
+/**
+ * Replaces the policy values of a registered PE (the policy type must stay
+ * the same) and re-registers it at once; returns when the update is on its
+ * way.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+ * RSERPOOL_ERR_INVALID_HANDLE, RSERPOOL_ERR_UNKNOWN_PE or
+ * RSERPOOL_ERR_INVALID_ARGUMENT (unknown or different policy type).
+ * Thread-safe; `policy` is not kept.
+ *
+ * # Safety
+ * `policy` must point to a valid struct.
+ */
+int rserpool_update_policy(struct rserpool_context *ctx,
+                           uint32_t pe_id,
+                           const struct rserpool_policy *policy);
+
+/**
+ * Where a PE stands: `*status_out` receives RSERPOOL_PE_REGISTERING,
+ * RSERPOOL_PE_REGISTERED, RSERPOOL_PE_LOST (its registrar is unreachable;
+ * the library keeps trying) or RSERPOOL_PE_DEREGISTERING.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+ * RSERPOOL_ERR_INVALID_HANDLE or RSERPOOL_ERR_UNKNOWN_PE. Thread-safe.
+ *
+ * # Safety
+ * `status_out` must be valid for writing.
+ */
+int rserpool_pe_status(struct rserpool_context *ctx, uint32_t pe_id, uint32_t *status_out);
+
+/**
+ * Deregisters a PE and waits for the registrar's answer (at most
+ * MAX-REG-ATTEMPT x T3, + a few seconds). The PE is forgotten whatever the
+ * result: a second call gives RSERPOOL_ERR_UNKNOWN_PE.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_INVALID_HANDLE,
+ * RSERPOOL_ERR_UNKNOWN_PE, RSERPOOL_ERR_PROTOCOL_* (refused; the registrar
+ * drops the PE when its life runs out), RSERPOOL_ERR_NO_REGISTRAR or
+ * RSERPOOL_ERR_TIMEOUT. Thread-safe.
+ */
+int rserpool_deregister(struct rserpool_context *ctx, uint32_t pe_id);
+
+/**
+ * GET_PRIMARY_SERVER: a pool element of `pool_handle` (`handle_len` bytes)
+ * chosen by the pool's policy, skipping PEs reported unreachable. Answers
+ * from the cache when it is fresh (or stale: then refreshed in the
+ * background), else asks the registrar and waits (at most
+ * (1 + MAX-REQUEST-RETRANSMIT) x T1, + a few seconds).
+ *
+ * On success `*out` receives the PE: its identifier, transport and
+ * addresses ready for `socket(ss_family, SOCK_STREAM, protocol)` and
+ * `connect(fd, (struct sockaddr *)&out->addrs[i].sa, out->addrs[i].sa_len)`.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+ * RSERPOOL_ERR_INVALID_HANDLE, RSERPOOL_ERR_INVALID_ARGUMENT (empty or long
+ * handle), RSERPOOL_ERR_PROTOCOL_UNKNOWN_POOL_HANDLE (no such pool),
+ * RSERPOOL_ERR_NO_USABLE_ELEMENT (every PE reported unreachable),
+ * RSERPOOL_ERR_NO_REGISTRAR or RSERPOOL_ERR_TIMEOUT. Thread-safe.
+ *
+ * # Safety
+ * `pool_handle` must point to `handle_len` readable bytes and `out` must be
+ * valid for writing.
+ */
+int rserpool_get_primary_server(struct rserpool_context *ctx,
+                                const uint8_t *pool_handle,
+                                size_t handle_len,
+                                struct rserpool_server_info *out);
+
+/**
+ * GET_NEXT_SERVER: `failed_pe_id` failed (e.g. `connect()` was refused):
+ * it is reported unreachable to the registrar (at most once per incident)
+ * and skipped, and the next PE by policy is returned as by
+ * `rserpool_get_primary_server` (same results, same blocking).
+ *
+ * # Safety
+ * As `rserpool_get_primary_server`.
+ */
+int rserpool_get_next_server(struct rserpool_context *ctx,
+                             const uint8_t *pool_handle,
+                             size_t handle_len,
+                             uint32_t failed_pe_id,
+                             struct rserpool_server_info *out);
+
+/**
+ * Reports a PE of `pool_handle` unreachable without asking for another: it
+ * is skipped by selection during the incident and ASAP_ENDPOINT_UNREACHABLE
+ * goes to the registrar (at most once per incident, rate limited; queued
+ * while there is no registrar). Does not wait.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+ * RSERPOOL_ERR_INVALID_HANDLE or RSERPOOL_ERR_INVALID_ARGUMENT.
+ * Thread-safe.
+ *
+ * # Safety
+ * `pool_handle` must point to `handle_len` readable bytes.
+ */
+int rserpool_report_failure(struct rserpool_context *ctx,
+                            const uint8_t *pool_handle,
+                            size_t handle_len,
+                            uint32_t pe_id);
+
+/**
+ * `sizeof(rserpool_server_info)` as the library sees it, for bindings
+ * (Python ctypes, Go) to check their layout. Thread-safe.
+ */
+size_t rserpool_server_info_size(void);
 
 /**
  * Decodes one ASAP (`ppid` 11) or ENRP (`ppid` 12) message and renders it as

@@ -5,11 +5,16 @@
 //!   chunk framing. Pure: bytes in, values out.
 //! - [`handlespace`]: pools, pool elements, every RFC 5356 selection policy and the
 //!   ENRP PE checksum. Pure: time comes in as an argument.
+//! - [`api`]: the blocking application API ([`api::Context`]): PE and PU calls
+//!   over the ASAP client running on its own loop thread.
 //! - `ffi`: the C ABI (`rserpool_*`), a thin shell over the above.
 #![warn(missing_debug_implementations)]
 
+pub mod api;
+pub mod asap;
 pub mod handlespace;
 pub mod registrar;
+pub mod runtime;
 #[doc(hidden)]
 pub mod sim;
 pub mod time;

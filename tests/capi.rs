@@ -8,22 +8,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+use common::lib_dir;
+
 fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The directory holding librserpool.so / librserpool.a: beside the rserpool binary.
-fn lib_dir() -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_rserpool"));
-    let dir = bin.parent().expect("binary has a directory").to_path_buf();
-    for f in ["librserpool.so", "librserpool.a"] {
-        assert!(
-            dir.join(f).exists(),
-            "{} not built (cargo test builds it with the library)",
-            dir.join(f).display()
-        );
-    }
-    dir
 }
 
 fn c_sources() -> Vec<PathBuf> {

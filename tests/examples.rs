@@ -4,12 +4,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-fn lib_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_rserpool"))
-        .parent()
-        .expect("binary directory")
-        .to_path_buf()
-}
+mod common;
+use common::lib_dir;
 
 fn make(dir: &str) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -52,5 +48,140 @@ fn decode_example_builds_and_decodes() {
             .expect("example runs");
         assert_eq!(o.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&o.stderr).contains("malformed message at byte 4"));
+    }
+}
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A child whose stdout lines arrive on a channel; killed on drop.
+struct Lines {
+    child: Child,
+    rx: mpsc::Receiver<String>,
+}
+
+impl Lines {
+    fn spawn(exe: PathBuf, args: &[&str], stdin: bool) -> Lines {
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("example starts");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines { child, rx }
+    }
+
+    fn line(&self) -> String {
+        self.rx
+            .recv_timeout(common::T)
+            .expect("a line from the example in time")
+    }
+
+    fn send(&mut self, s: &str) {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        stdin.write_all(s.as_bytes()).expect("write to the example");
+        stdin.flush().expect("flush");
+    }
+
+    fn signal(&mut self, sig: i32) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// "pe-echo: PE 123 registered in pool ..." -> 123.
+fn pe_id(line: &str) -> u32 {
+    line.strip_prefix("pe-echo: PE ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected pe-echo line {line:?}"))
+}
+
+/// "[PE 123] text" -> (123, "text").
+fn answer(line: &str) -> (u32, String) {
+    let r = line.strip_prefix("[PE ").expect("a pu-client answer");
+    let (id, text) = r.split_once("] ").expect("a pu-client answer");
+    (id.parse().expect("PE id"), text.to_string())
+}
+
+#[test]
+fn pool_user_fails_over_between_two_echo_pool_elements() {
+    make("pe-echo");
+    make("pu-client");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples-c");
+    let reg = common::Proc::start(&[]);
+    for (pe_exe, pu_exe) in [
+        ("pe-echo", "pu-client"),
+        ("pe-echo-static", "pu-client-static"),
+    ] {
+        let pool = format!("echo-{pe_exe}");
+        let args = [reg.url.as_str(), pool.as_str()];
+        let mut pes: Vec<(u32, Lines)> = (0..2)
+            .map(|_| {
+                let p = Lines::spawn(root.join("pe-echo").join(pe_exe), &args, false);
+                (pe_id(&p.line()), p)
+            })
+            .collect();
+        assert_ne!(pes[0].0, pes[1].0);
+
+        let mut pu = Lines::spawn(root.join("pu-client").join(pu_exe), &args, true);
+        pu.send("hello 1\n");
+        let (first, text) = answer(&pu.line());
+        assert_eq!(text, "hello 1");
+        pu.send("hello 2\n");
+        assert_eq!(answer(&pu.line()), (first, "hello 2".into()));
+
+        // Kill the PE the client uses: it must go on with the other one.
+        let i = pes
+            .iter()
+            .position(|(id, _)| *id == first)
+            .expect("a known PE");
+        let (_, mut dead) = pes.remove(i);
+        dead.signal(libc::SIGKILL);
+        let _ = dead.child.wait();
+        for n in 3..6 {
+            pu.send(&format!("hello {n}\n"));
+            assert_eq!(answer(&pu.line()), (pes[0].0, format!("hello {n}")));
+        }
+        drop(pu.child.stdin.take());
+        let st = pu.child.wait().expect("pu-client exits");
+        assert!(st.success(), "pu-client: {st}");
+
+        // SIGINT: the survivor deregisters and exits cleanly.
+        let (id, mut survivor) = pes.remove(0);
+        survivor.signal(libc::SIGINT);
+        assert_eq!(
+            survivor.line(),
+            format!("pe-echo: PE {id} deregistered: success")
+        );
+        let deadline = std::time::Instant::now() + common::T;
+        loop {
+            if let Some(st) = survivor.child.try_wait().expect("wait") {
+                assert!(st.success(), "pe-echo: {st}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "pe-echo did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }

@@ -28,6 +28,9 @@ pub enum RserpoolErr {
     InvalidHandle = -4,
     /// The operation is not possible in the object's current state.
     InvalidState = -5,
+    /// No pool element with this identifier in the context (never registered,
+    /// already deregistered, or given up by the library).
+    UnknownPe = -6,
     /// The peer answered with an error cause this library does not know.
     ProtocolUnspecified = -100,
     /// Cause 0x1: the peer did not recognize a parameter.
@@ -62,6 +65,8 @@ pub enum RserpoolErr {
     Os = -204,
     /// The operation would block (non-blocking call with nothing to do).
     WouldBlock = -205,
+    /// Every pool element of the pool has been reported unreachable.
+    NoUsableElement = -206,
     /// The input is not a well-formed message.
     Malformed = -300,
     /// An internal failure (a bug): please report it.
@@ -70,7 +75,6 @@ pub enum RserpoolErr {
 
 impl RserpoolErr {
     /// The code for RFC 5354 error cause `cause`.
-    #[allow(dead_code)] // used by the pool element and pool user API
     pub fn from_cause(cause: u16) -> RserpoolErr {
         use RserpoolErr::*;
         match cause {
@@ -97,6 +101,7 @@ impl RserpoolErr {
             BufferTooSmall,
             InvalidHandle,
             InvalidState,
+            UnknownPe,
             ProtocolUnspecified,
             ProtocolUnrecognizedParameter,
             ProtocolUnrecognizedMessage,
@@ -114,6 +119,7 @@ impl RserpoolErr {
             NoSctp,
             Os,
             WouldBlock,
+            NoUsableElement,
             Malformed,
             Internal,
         ]
@@ -153,6 +159,8 @@ impl RserpoolErr {
             NoSctp => "the kernel has no SCTP support\0",
             Os => "operating system error\0",
             WouldBlock => "operation would block\0",
+            UnknownPe => "no such pool element in this context\0",
+            NoUsableElement => "every pool element of the pool is unreachable\0",
             Malformed => "malformed message\0",
             Internal => "internal error\0",
         }
@@ -195,7 +203,7 @@ mod tests {
             assert!(m.ends_with('\0') && m.len() > 1);
             seen.insert(e as c_int);
         }
-        assert_eq!(seen.len(), 25);
+        assert_eq!(seen.len(), 27);
     }
 
     #[test]

@@ -28,6 +28,12 @@ impl PanicFallback for u32 {
     }
 }
 
+impl PanicFallback for usize {
+    fn on_panic() -> Self {
+        0
+    }
+}
+
 impl PanicFallback for () {
     fn on_panic() -> Self {}
 }

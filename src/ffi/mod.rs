@@ -1,14 +1,16 @@
 //! The C ABI: every `extern "C"` function of the library lives below this module.
 //!
 //! Rules every function here follows (they are repeated in the header):
-//! - its whole body runs inside [`guard`], so no panic crosses into C;
+//! - its whole body runs inside the panic guard (`guard`), so no panic crosses into C;
 //! - every pointer is checked before use, and buffers come with explicit lengths;
 //! - output parameters are written only on success unless documented otherwise;
 //! - results are `int`: [`RserpoolErr::Ok`] (0) or a negative, stable code.
 
+pub mod client;
 mod decode;
 pub mod error;
 mod guard;
+mod handles;
 mod version;
 
 pub use decode::{RSERPOOL_PPID_ASAP, RSERPOOL_PPID_ENRP};

@@ -102,19 +102,22 @@ pub struct RegistrarConfig {
     pub idle_timeout: Duration,
 
     /// Per-connection limit on ASAP_HANDLE_RESOLUTION. Over it requests are
-    /// dropped silently and counted (RSPLIB drops too). Default 100/s, burst 200.
+    /// dropped silently and counted (RSPLIB drops too). Default 10 000/s, burst
+    /// 20 000: far above what a caching pool user needs, low enough that one
+    /// connection cannot take the registrar's whole capacity.
     pub resolution_rate: RateLimit,
     /// Per-connection limit on ASAP_ENDPOINT_UNREACHABLE (RFC 5355 §2.13). Over
     /// it reports are dropped silently and counted. Default 10/s, burst 20.
     pub unreachable_rate: RateLimit,
 
-    /// Most pools (a registration creating one more gets cause 0x6). Default 100 000.
+    /// Most pools (a registration creating one more gets cause 0x6). Default 1 000 000.
     pub max_pools: usize,
-    /// Most PEs in one pool (new registrations beyond get cause 0x6). Default 10 000.
+    /// Most PEs in one pool (new registrations beyond get cause 0x6). Default 1 000 000.
     pub max_pes_per_pool: usize,
-    /// Most PEs registered over one connection (cause 0x6). Default 1 000.
+    /// Most PEs registered over one connection (cause 0x6). Default 10 000.
     pub max_pes_per_connection: usize,
-    /// Most PEs in the handlespace (cause 0x6). Default 100 000.
+    /// Most PEs in the handlespace (cause 0x6). Default 10 000 000
+    /// (about 1.5 GB of handlespace at ~150 bytes per PE).
     pub max_pes_total: usize,
     /// Most pool subscriptions (S flag) per connection; beyond, resolutions are
     /// answered with A=0. Default 64.
@@ -188,17 +191,17 @@ impl Default for RegistrarConfig {
             max_malformed: 16,
             idle_timeout: Duration::from_secs(120),
             resolution_rate: RateLimit {
-                per_sec: 100,
-                burst: 200,
+                per_sec: 10_000,
+                burst: 20_000,
             },
             unreachable_rate: RateLimit {
                 per_sec: 10,
                 burst: 20,
             },
-            max_pools: 100_000,
-            max_pes_per_pool: 10_000,
-            max_pes_per_connection: 1_000,
-            max_pes_total: 100_000,
+            max_pools: 1_000_000,
+            max_pes_per_pool: 1_000_000,
+            max_pes_per_connection: 10_000,
+            max_pes_total: 10_000_000,
             max_subscriptions_per_connection: 64,
             handle_table_chunk: 128,
             handle_table_session_timeout: Duration::from_secs(30),

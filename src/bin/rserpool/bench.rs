@@ -11,6 +11,8 @@ use std::time::Instant;
 pub enum BenchCommand {
     /// The handlespace: register N PEs over P pools, resolve, re-register, deregister.
     Handlespace(HandlespaceArgs),
+    /// A registrar over TCP: registrations/s, resolutions/s, latency percentiles.
+    Registrar(crate::bench_registrar::RegistrarBenchArgs),
 }
 
 /// Policy used by the handlespace benchmark.
@@ -46,6 +48,7 @@ pub struct HandlespaceArgs {
 pub fn run(c: BenchCommand) -> i32 {
     match c {
         BenchCommand::Handlespace(a) => handlespace(a),
+        BenchCommand::Registrar(a) => crate::bench_registrar::run(a),
     }
 }
 

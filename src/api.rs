@@ -1,0 +1,685 @@
+//! The blocking application API: a [`Context`] runs the ASAP client on its own
+//! loop thread and offers pool element and pool user calls that wait for their
+//! answer, like a socket API. The C API (`rserpool_*`) is a thin shell over it.
+//!
+//! ```no_run
+//! use rserpool::api::{Config, Context, PeParams};
+//! use rserpool::wire::{Policy, Transport};
+//! let mut cfg = Config::default();
+//! cfg.add_registrar("tcp://127.0.0.1:3863").unwrap();
+//! let ctx = Context::new(cfg).unwrap();
+//! let tcp = Transport::Tcp { port: 7, transport_use: 0, addr: [127, 0, 0, 1].into() };
+//! let id = ctx
+//!     .register_pe(PeParams::new("echo", tcp, Policy::LeastUsed { load: 0 }))
+//!     .unwrap();
+//! let server = ctx.get_primary_server(b"echo").unwrap();
+//! assert_eq!(server.pe_id, id);
+//! ctx.deregister(id).unwrap();
+//! ```
+//!
+//! # Threading
+//!
+//! Every method may be called from any thread, concurrently. A call posts a
+//! closure to the loop thread ([`LoopHandle::call`]) and waits on a channel;
+//! the core's events are dispatched on the loop thread to the callers waiting
+//! for them. Waits are bounded by the core's own timer rules (a registration
+//! fails after MAX-REG-ATTEMPT × T2, a resolution after
+//! (1 + MAX-REQUEST-RETRANSMIT) × T1) plus a safety margin.
+//!
+//! # Pool element identifiers
+//!
+//! A registered PE is named by its PE identifier, which is unique within a
+//! context: registering a fixed identifier already used by a live PE of the
+//! same context fails with [`Error::InvalidArgument`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Sender};
+
+use crate::asap::{
+    AsapError, Client, ClientConfig, Event, PeHandle, PeStatus, RegisterOptions, RequestId,
+    Selection,
+};
+use crate::runtime::client::{ClientDriver, ClientHandler};
+use crate::runtime::registrar::random_u64;
+use crate::runtime::sys::shared_udp_socket;
+use crate::runtime::{EndpointUrl, EventLoop, LoopHandle, Proto, RuntimeConfig, StartError};
+use crate::time::Time;
+use crate::wire::{cause, Policy, PoolElement, PoolHandle, Transport};
+
+/// Why a [`Context`] call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// An argument is out of range (the text says which).
+    InvalidArgument(String),
+    /// The registrar refused with this RFC 5354 cause (0x9: unknown pool).
+    Refused(u16),
+    /// No registrar could be reached in time.
+    NoRegistrar,
+    /// A registrar was reachable but did not answer in time.
+    Timeout,
+    /// Every PE of the pool has been reported unreachable.
+    NoUsableElement,
+    /// No live PE with this identifier in this context.
+    UnknownPe,
+    /// The configured transport is not available (kernel SCTP).
+    Unsupported(String),
+    /// The operating system refused (starting the loop, a socket, a thread).
+    Os(String),
+    /// The loop thread is gone (a bug, or the context is being dropped).
+    Closed,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidArgument(s) => write!(f, "invalid argument: {s}"),
+            Error::Refused(c) => write!(f, "refused by the registrar (cause {c:#x})"),
+            Error::NoRegistrar => f.write_str("no registrar reachable"),
+            Error::Timeout => f.write_str("the registrar did not answer in time"),
+            Error::NoUsableElement => f.write_str("every pool element is unreachable"),
+            Error::UnknownPe => f.write_str("no such pool element in this context"),
+            Error::Unsupported(s) => f.write_str(s),
+            Error::Os(s) => f.write_str(s),
+            Error::Closed => f.write_str("the context's loop thread is gone"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// What a [`Context`] is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Registrars to call home (`tcp://HOST:PORT`, `sctp://HOST[,HOST]:PORT`).
+    pub registrars: Vec<EndpointUrl>,
+    /// Learn registrars from ASAP_SERVER_ANNOUNCE on this multicast group and
+    /// port. Default off.
+    pub announce: Option<SocketAddr>,
+    /// The ASAP timers and thresholds ([`ClientConfig::registrars`] is
+    /// replaced by [`Config::registrars`]).
+    pub client: ClientConfig,
+    /// How long dropping the context waits for the deregistration of the PEs
+    /// still registered. Default 2 s.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            registrars: Vec::new(),
+            announce: None,
+            client: ClientConfig::default(),
+            shutdown_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Config {
+    /// Add a registrar URL.
+    pub fn add_registrar(&mut self, url: &str) -> Result<(), Error> {
+        let u = EndpointUrl::parse(url).map_err(|e| Error::InvalidArgument(e.0))?;
+        if u.port == 0 || u.addrs.iter().any(|a| a.is_unspecified()) {
+            return Err(Error::InvalidArgument(format!(
+                "registrar URL {url:?} needs a concrete address and port"
+            )));
+        }
+        self.registrars.push(u);
+        Ok(())
+    }
+}
+
+/// A PE to register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeParams {
+    /// The pool handle.
+    pub pool: PoolHandle,
+    /// Where pool users reach the PE (concrete addresses, non-zero port).
+    pub transport: Transport,
+    /// The PE's policy and its values.
+    pub policy: Policy,
+    /// Registration life in [`ClientConfig::reg_life_unit`] (−1 = infinite).
+    pub reg_life: i32,
+    /// A fixed PE identifier (`None`: random).
+    pub pe_id: Option<u32>,
+}
+
+impl PeParams {
+    /// A PE with a registration life of 60 s (in the default unit) and a
+    /// random identifier.
+    pub fn new(pool: impl Into<PoolHandle>, transport: Transport, policy: Policy) -> Self {
+        PeParams {
+            pool: pool.into(),
+            transport,
+            policy,
+            reg_life: 60,
+            pe_id: None,
+        }
+    }
+}
+
+/// The PE a pool user should use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// The PE identifier (for [`Context::get_next_server`] and
+    /// [`Context::report_failure`]).
+    pub pe_id: u32,
+    /// Where to reach it.
+    pub transport: Transport,
+    /// Its policy and values as registered.
+    pub policy: Policy,
+}
+
+impl From<PoolElement> for ServerInfo {
+    fn from(pe: PoolElement) -> Self {
+        ServerInfo {
+            pe_id: pe.id,
+            transport: pe.user_transport,
+            policy: pe.policy,
+        }
+    }
+}
+
+type Reply<T> = Sender<Result<T, Error>>;
+
+#[derive(Debug)]
+struct LivePe {
+    id: u32,
+    policy: Policy,
+}
+
+/// The callers waiting for the core's events, and the live PEs.
+#[derive(Debug, Default)]
+struct Waiters {
+    pes: BTreeMap<PeHandle, LivePe>,
+    registering: HashMap<PeHandle, Reply<u32>>,
+    deregistering: HashMap<PeHandle, Reply<()>>,
+    selecting: HashMap<RequestId, Vec<(PoolHandle, Reply<ServerInfo>)>>,
+    /// Fired when the last PE is gone (shutdown).
+    all_gone: Option<Sender<()>>,
+}
+
+impl Waiters {
+    fn by_id(&self, id: u32) -> Option<PeHandle> {
+        self.pes.iter().find(|(_, p)| p.id == id).map(|(h, _)| *h)
+    }
+
+    fn forget(&mut self, pe: PeHandle) {
+        self.pes.remove(&pe);
+        if self.pes.is_empty() {
+            if let Some(tx) = self.all_gone.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// Answer a selection: `Ready` now, `Failed` now, or wait for `Pending`.
+    fn select(&mut self, pool: PoolHandle, sel: Selection, client: &Client, tx: Reply<ServerInfo>) {
+        match sel {
+            Selection::Ready(pe) => {
+                let _ = tx.send(Ok(pe.into()));
+            }
+            Selection::Failed(e) => {
+                let _ = tx.send(Err(map_err(e, client)));
+            }
+            Selection::Pending(req) => self.selecting.entry(req).or_default().push((pool, tx)),
+        }
+    }
+}
+
+fn map_err(e: AsapError, client: &Client) -> Error {
+    match e {
+        AsapError::Cause(c) => Error::Refused(c.code),
+        AsapError::Timeout if client.home().is_none() => Error::NoRegistrar,
+        AsapError::Timeout => Error::Timeout,
+        AsapError::NoUsableElement => Error::NoUsableElement,
+        AsapError::InvalidArgument(s) => Error::InvalidArgument(s.into()),
+        AsapError::UnknownHandle => Error::UnknownPe,
+    }
+}
+
+impl ClientHandler for Waiters {
+    fn on_event(&mut self, client: &mut Client, event: Event, now: Time) {
+        match event {
+            Event::Registered { pe, id } => {
+                if let Some(p) = self.pes.get_mut(&pe) {
+                    p.id = id;
+                }
+                if let Some(tx) = self.registering.remove(&pe) {
+                    let _ = tx.send(Ok(id));
+                }
+            }
+            Event::RegistrationFailed { pe, error } => {
+                self.forget(pe);
+                if let Some(tx) = self.registering.remove(&pe) {
+                    let _ = tx.send(Err(map_err(error, client)));
+                }
+            }
+            Event::Deregistered { pe } => {
+                self.forget(pe);
+                if let Some(tx) = self.deregistering.remove(&pe) {
+                    let _ = tx.send(Ok(()));
+                }
+            }
+            Event::DeregistrationFailed { pe, error } => {
+                self.forget(pe);
+                if let Some(tx) = self.deregistering.remove(&pe) {
+                    let _ = tx.send(Err(map_err(error, client)));
+                }
+            }
+            Event::Resolved {
+                request, result, ..
+            } => {
+                let Some(waiting) = self.selecting.remove(&request) else {
+                    return;
+                };
+                for (p, tx) in waiting {
+                    match &result {
+                        // Timeouts and refusals answer every waiter as they are.
+                        Err(e) => {
+                            let _ = tx.send(Err(map_err(e.clone(), client)));
+                        }
+                        Ok(_) => match client.get_primary_server(&p, now) {
+                            // A fresh answer and still nothing to offer (e.g. with
+                            // a stale-cache age of 0): every PE listed is in an
+                            // unreachability incident. Asking again would loop.
+                            Selection::Pending(_) => {
+                                let _ = tx.send(Err(Error::NoUsableElement));
+                            }
+                            sel => self.select(p, sel, client, tx),
+                        },
+                    }
+                }
+            }
+            Event::RegistrationLost { .. }
+            | Event::PoolUpdate { .. }
+            | Event::HomeChanged { .. }
+            | Event::RegistrarLost { .. }
+            | Event::ProtocolError { .. } => {}
+        }
+    }
+}
+
+type Driver = ClientDriver<Waiters>;
+
+/// The ASAP client of an application: pool element and pool user, on its own
+/// loop thread. Dropping it deregisters the PEs still registered (waiting at
+/// most [`Config::shutdown_timeout`]) and stops the thread.
+#[derive(Debug)]
+pub struct Context {
+    handle: LoopHandle<Driver>,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+    announce: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    client: ClientConfig,
+    shutdown_timeout: Duration,
+}
+
+/// Added to the core's own bounds before a waiting call gives up on its own.
+const MARGIN: Duration = Duration::from_secs(5);
+
+impl Context {
+    /// Start the loop thread. Fails with [`Error::Unsupported`] for `sctp://`
+    /// registrars while the runtime has no kernel SCTP, [`Error::Os`] when a
+    /// socket or thread cannot be created.
+    pub fn new(config: Config) -> Result<Context, Error> {
+        if let Some(u) = config.registrars.iter().find(|u| u.proto == Proto::Sctp) {
+            return Err(Error::Unsupported(format!(
+                "registrar {u}: this build's runtime connects to registrars over TCP only \
+                 (kernel SCTP is not supported yet)"
+            )));
+        }
+        let mut ccfg = config.client.clone();
+        ccfg.registrars = config
+            .registrars
+            .iter()
+            .flat_map(|u| u.socket_addrs())
+            .collect();
+        let rt = RuntimeConfig {
+            connect_timeout: ccfg.t5_server_hunt.max(Duration::from_millis(100)),
+            ..RuntimeConfig::default()
+        };
+        let origin = Instant::now();
+        let client = Client::new(ccfg.clone(), random_u64(), Time::ZERO);
+        let ev = EventLoop::new(rt, origin, ClientDriver::new(client, Waiters::default()))
+            .map_err(|e| match e {
+                StartError::Unsupported(s) => Error::Unsupported(s),
+                StartError::Io { .. } => Error::Os(e.to_string()),
+            })?;
+        let handle = ev.handle();
+        let thread = std::thread::Builder::new()
+            .name("rserpool-client".into())
+            .spawn(move || {
+                let mut ev = ev;
+                ev.run()
+            })
+            .map_err(|e| Error::Os(format!("starting the client thread: {e}")))?;
+        let mut ctx = Context {
+            handle,
+            thread: Some(thread),
+            announce: None,
+            client: ccfg,
+            shutdown_timeout: config.shutdown_timeout,
+        };
+        if let Some(group) = config.announce {
+            ctx.announce = Some(listen_announces(group, ctx.handle.clone())?);
+        }
+        Ok(ctx)
+    }
+
+    /// Post `f` to the loop thread and wait at most `bound` for its answer.
+    fn ask<T: Send + 'static>(
+        &self,
+        bound: Duration,
+        f: impl FnOnce(&mut Driver, Time, Reply<T>) + Send + 'static,
+    ) -> Result<T, Error> {
+        let (tx, rx) = bounded(1);
+        if !self.handle.call(move |d, now| f(d, now, tx)) {
+            return Err(Error::Closed);
+        }
+        match rx.recv_timeout(bound) {
+            Ok(r) => r,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(Error::Timeout),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(Error::Closed),
+        }
+    }
+
+    fn registration_bound(&self) -> Duration {
+        self.client.t2_registration * self.client.max_reg_attempt.max(1) + MARGIN
+    }
+
+    fn deregistration_bound(&self) -> Duration {
+        self.client.t3_deregistration * self.client.max_reg_attempt.max(1) + MARGIN
+    }
+
+    fn resolution_bound(&self) -> Duration {
+        self.client.t1_request * (self.client.max_request_retransmit + 1) + MARGIN
+    }
+
+    /// Register a PE and wait until the registrar granted it (its PE
+    /// identifier) or the core gave up (refusal cause, [`Error::NoRegistrar`],
+    /// [`Error::Timeout`]). Afterwards the PE is re-registered every T4, its
+    /// keep-alives answered and a new home registrar adopted without help.
+    pub fn register_pe(&self, params: PeParams) -> Result<u32, Error> {
+        self.ask(self.registration_bound(), move |d, now, tx| {
+            d.command(now, |client, w| {
+                if let Some(id) = params.pe_id {
+                    if w.by_id(id).is_some() {
+                        let _ = tx.send(Err(Error::InvalidArgument(format!(
+                            "PE identifier {id} is already used in this context"
+                        ))));
+                        return;
+                    }
+                }
+                let policy = params.policy.clone();
+                match client.register(
+                    params.pool,
+                    params.transport,
+                    params.policy,
+                    params.reg_life,
+                    RegisterOptions {
+                        pe_id: params.pe_id,
+                    },
+                    now,
+                ) {
+                    Ok(h) => {
+                        let id = client.pe_id(h).unwrap_or(0);
+                        w.pes.insert(h, LivePe { id, policy });
+                        w.registering.insert(h, tx);
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(map_err(e, client)));
+                    }
+                }
+            })
+        })
+    }
+
+    /// Change a registered PE's policy values (same policy type) and
+    /// re-register at once. Returns when the update is queued; a refusal
+    /// shows up later as the PE being gone.
+    pub fn update_policy(&self, pe_id: u32, policy: Policy) -> Result<(), Error> {
+        self.ask(MARGIN, move |d, now, tx| {
+            d.command(now, |client, w| {
+                let r = match w.by_id(pe_id) {
+                    None => Err(Error::UnknownPe),
+                    Some(h) => {
+                        let old = &w.pes[&h].policy;
+                        if old.policy_type() != policy.policy_type() {
+                            Err(Error::InvalidArgument(format!(
+                                "policy type {} differs from the registered {}",
+                                policy.name(),
+                                old.name()
+                            )))
+                        } else {
+                            let r = client
+                                .update_policy(h, policy.clone(), now)
+                                .map_err(|e| map_err(e, client));
+                            if r.is_ok() {
+                                if let Some(p) = w.pes.get_mut(&h) {
+                                    p.policy = policy;
+                                }
+                            }
+                            r
+                        }
+                    }
+                };
+                let _ = tx.send(r);
+            })
+        })
+    }
+
+    /// Set the load of a PE whose policy has one (LU, LUD, PLU, RLU); the
+    /// degradation stays. [`Error::InvalidArgument`] for other policies.
+    pub fn update_load(&self, pe_id: u32, load: u32) -> Result<(), Error> {
+        let policy = self.policy_of(pe_id)?;
+        let p = match policy {
+            Policy::LeastUsed { .. } => Policy::LeastUsed { load },
+            Policy::LeastUsedDegradation { degradation, .. } => {
+                Policy::LeastUsedDegradation { load, degradation }
+            }
+            Policy::PriorityLeastUsed { degradation, .. } => {
+                Policy::PriorityLeastUsed { load, degradation }
+            }
+            Policy::RandomizedLeastUsed { .. } => Policy::RandomizedLeastUsed { load },
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "policy {} has no load",
+                    other.name()
+                )))
+            }
+        };
+        self.update_policy(pe_id, p)
+    }
+
+    fn policy_of(&self, pe_id: u32) -> Result<Policy, Error> {
+        self.ask(MARGIN, move |d, _, tx| {
+            let w = d.handler();
+            let r = w
+                .by_id(pe_id)
+                .map(|h| w.pes[&h].policy.clone())
+                .ok_or(Error::UnknownPe);
+            let _ = tx.send(r);
+        })
+    }
+
+    /// Where a PE stands ([`Error::UnknownPe`] once deregistered or given up).
+    pub fn pe_status(&self, pe_id: u32) -> Result<PeStatus, Error> {
+        self.ask(MARGIN, move |d, _, tx| {
+            let r = d
+                .handler()
+                .by_id(pe_id)
+                .and_then(|h| d.client().pe_status(h))
+                .ok_or(Error::UnknownPe);
+            let _ = tx.send(r);
+        })
+    }
+
+    /// Deregister a PE and wait for the registrar's answer. The PE is
+    /// forgotten whatever the result; a second call gives [`Error::UnknownPe`].
+    pub fn deregister(&self, pe_id: u32) -> Result<(), Error> {
+        self.ask(self.deregistration_bound(), move |d, now, tx| {
+            d.command(now, |client, w| match w.by_id(pe_id) {
+                Some(h) if !w.deregistering.contains_key(&h) => {
+                    // A registration still waiting is answered first.
+                    if let Some(r) = w.registering.remove(&h) {
+                        let _ = r.send(Err(Error::UnknownPe));
+                    }
+                    match client.deregister(h, now) {
+                        Ok(()) => {
+                            w.deregistering.insert(h, tx);
+                        }
+                        Err(e) => {
+                            w.forget(h);
+                            let _ = tx.send(Err(map_err(e, client)));
+                        }
+                    }
+                }
+                _ => {
+                    let _ = tx.send(Err(Error::UnknownPe));
+                }
+            })
+        })
+    }
+
+    /// GET_PRIMARY_SERVER: a PE of `pool` by the pool's policy, from the cache
+    /// or after a resolution (waited for). Unknown pool:
+    /// [`Error::Refused`]`(0x9)`.
+    pub fn get_primary_server(&self, pool: &[u8]) -> Result<ServerInfo, Error> {
+        let pool = check_pool(pool)?;
+        self.ask(self.resolution_bound(), move |d, now, tx| {
+            d.command(now, |client, w| {
+                let sel = client.get_primary_server(&pool, now);
+                w.select(pool, sel, client, tx);
+            })
+        })
+    }
+
+    /// GET_NEXT_SERVER: report `failed_pe_id` unreachable (at most once per
+    /// incident) and return the next PE by policy.
+    pub fn get_next_server(&self, pool: &[u8], failed_pe_id: u32) -> Result<ServerInfo, Error> {
+        let pool = check_pool(pool)?;
+        self.ask(self.resolution_bound(), move |d, now, tx| {
+            d.command(now, |client, w| {
+                let sel = client.get_next_server(&pool, failed_pe_id, now);
+                w.select(pool, sel, client, tx);
+            })
+        })
+    }
+
+    /// Report a PE unreachable without asking for another. Returns whether a
+    /// report went (or is queued) to the registrar: false when the PE was
+    /// already reported in this incident or the rate limit held it back.
+    pub fn report_failure(&self, pool: &[u8], pe_id: u32) -> Result<bool, Error> {
+        let pool = check_pool(pool)?;
+        self.ask(MARGIN, move |d, now, tx| {
+            let sent = d.command(now, |client, _| client.report_failure(&pool, pe_id, now));
+            let _ = tx.send(Ok(sent));
+        })
+    }
+
+    /// The home registrar's address, if there is one now.
+    pub fn home(&self) -> Result<Option<SocketAddr>, Error> {
+        self.ask(MARGIN, |d, _, tx| {
+            let _ = tx.send(Ok(d.client().home().map(|(a, _)| a)));
+        })
+    }
+
+    fn shutdown(&mut self) {
+        // Best-effort deregistration of the PEs still registered, bounded.
+        let (tx, rx) = bounded::<()>(1);
+        let posted = self.handle.call(move |d, now| {
+            d.command(now, |client, w| {
+                let live: Vec<PeHandle> = w.pes.keys().copied().collect();
+                if live.is_empty() || client.home().is_none() {
+                    let _ = tx.send(());
+                    return;
+                }
+                w.all_gone = Some(tx);
+                for h in live {
+                    if let Some(r) = w.registering.remove(&h) {
+                        let _ = r.send(Err(Error::Closed));
+                    }
+                    if client.deregister(h, now).is_err() {
+                        w.forget(h);
+                    }
+                }
+            })
+        });
+        if posted {
+            let _ = rx.recv_timeout(self.shutdown_timeout);
+        }
+        self.handle.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some((stop, t)) = self.announce.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn check_pool(pool: &[u8]) -> Result<PoolHandle, Error> {
+    if pool.is_empty() || pool.len() > usize::from(u16::MAX) - 4 {
+        return Err(Error::InvalidArgument(
+            "a pool handle is 1 to 65531 bytes".into(),
+        ));
+    }
+    Ok(PoolHandle(pool.to_vec()))
+}
+
+/// A thread that joins `group` and hands every datagram to the core as an
+/// announce, until `stop` is set.
+fn listen_announces(
+    group: SocketAddr,
+    handle: LoopHandle<Driver>,
+) -> Result<(Arc<AtomicBool>, JoinHandle<()>), Error> {
+    let os = |what: &str, e: std::io::Error| Error::Os(format!("{what} {group}: {e}"));
+    let sock = match group {
+        SocketAddr::V4(g) => {
+            let s = shared_udp_socket(false, g.port()).map_err(|e| os("binding", e))?;
+            s.join_multicast_v4(g.ip(), &std::net::Ipv4Addr::UNSPECIFIED)
+                .map_err(|e| os("joining", e))?;
+            s
+        }
+        SocketAddr::V6(g) => {
+            let s = shared_udp_socket(true, g.port()).map_err(|e| os("binding", e))?;
+            s.join_multicast_v6(g.ip(), 0)
+                .map_err(|e| os("joining", e))?;
+            s
+        }
+    };
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .map_err(|e| os("configuring", e))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let t = std::thread::Builder::new()
+        .name("rserpool-announce".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while !stop2.load(Ordering::Relaxed) {
+                if let Ok((n, src)) = sock.recv_from(&mut buf) {
+                    let bytes = buf[..n].to_vec();
+                    handle.call(move |d, now| d.announce(src, &bytes, now));
+                }
+            }
+        })
+        .map_err(|e| Error::Os(format!("starting the announce thread: {e}")))?;
+    Ok((stop, t))
+}
+
+/// The RFC 5354 cause for an unknown pool handle, for matching on
+/// [`Error::Refused`].
+pub const UNKNOWN_POOL: u16 = cause::UNKNOWN_POOL_HANDLE;

@@ -1,0 +1,224 @@
+//! The runtime: the only part of the crate that does I/O.
+//!
+//! An [`EventLoop`] owns a mio `Poll`, the listening sockets and the
+//! connections (in a slab; the mio `Token` is the slab index), a `Waker` with a
+//! command queue for other threads, and a [`Driver`]: the sans-IO protocol core
+//! that decides what to say. The loop feeds the driver network events and time
+//! (`on_*`), then drains its [`Action`]s and carries them out. The registrar
+//! is one driver ([`registrar::RegistrarDriver`]); the PE/PU client library
+//! ([`client::ClientDriver`]) is another.
+//!
+//! Transports: TCP with the TCP mapping shim (digest §10) is implemented in
+//! `conn`. Kernel SCTP is detected ([`probe_sctp`]) but not yet implemented; a
+//! connection's transport is an enum so it can slot in.
+//!
+//! Threading: [`EventLoop::run`] blocks its thread. [`LoopHandle`] (Clone,
+//! Send) posts commands to it from any thread and wakes it. The driver only ever
+//! runs on the loop thread.
+
+mod conn;
+mod reactor;
+mod slab;
+
+pub mod blocking;
+pub mod client;
+pub mod registrar;
+pub mod sys;
+pub mod url;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use reactor::{EventLoop, LoopHandle, LoopStats};
+pub use registrar::{RegistrarHandle, RegistrarOptions};
+pub use sys::{probe_sctp, SctpSupport, SignalPipe};
+pub use url::{EndpointUrl, Proto};
+
+use crate::time::Time;
+
+/// A connection as the loop names it to its driver: slab index in the low 32
+/// bits, the slot's generation in the high 32, so an id is never reused while
+/// a driver might still hold it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl ConnId {
+    /// The bit that marks ids a driver chose itself for the connections it
+    /// opens with [`Action::Connect`]; ids of accepted connections never have it.
+    pub const DRIVER_BIT: u64 = 1 << 63;
+
+    /// The driver-chosen id number `n` (for [`Action::Connect`]).
+    pub const fn driver(n: u64) -> ConnId {
+        ConnId(n | Self::DRIVER_BIT)
+    }
+
+    /// True for ids a driver chose ([`ConnId::driver`]).
+    pub const fn is_driver_chosen(self) -> bool {
+        self.0 & Self::DRIVER_BIT != 0
+    }
+
+    pub(crate) fn new(index: usize, gen: u32) -> ConnId {
+        ConnId((u64::from(gen) << 32) | index as u64)
+    }
+    pub(crate) fn index(self) -> usize {
+        (self.0 & 0xffff_ffff) as usize
+    }
+    pub(crate) fn gen(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+}
+
+/// What the driver learns about a new connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnMeta {
+    /// The transport.
+    pub proto: Proto,
+    /// The peer's addresses (one for TCP).
+    pub remote: Vec<SocketAddr>,
+    /// Our address.
+    pub local: SocketAddr,
+    /// Which listener accepted it (its index in [`RuntimeConfig::listen`]);
+    /// `usize::MAX` for a connection the driver opened.
+    pub listener: usize,
+}
+
+/// Something the driver wants the loop to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Action {
+    /// Send one whole message with this PPID.
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// The payload protocol identifier (11 ASAP, 12 ENRP).
+        ppid: u32,
+        /// The message.
+        msg: Vec<u8>,
+    },
+    /// Flush what is queued, then close; `on_closed` follows.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Why (logged).
+        reason: String,
+    },
+    /// Open a TCP (TCP mapping) connection to `addr` under the id `conn`, which
+    /// the driver chose with [`ConnId::driver`]. The loop answers with
+    /// [`Driver::on_connected`] or [`Driver::on_connect_failed`] (also after
+    /// [`RuntimeConfig::connect_timeout`], or when `conn` is not a free
+    /// driver-chosen id). [`Action::Close`] on a connection still connecting
+    /// gives `on_connect_failed`.
+    Connect {
+        /// The id the driver will know the connection by.
+        conn: ConnId,
+        /// Where to connect.
+        addr: SocketAddr,
+    },
+    /// Send this message to the configured announce group (dropped if none).
+    Announce {
+        /// The message (an ASAP_SERVER_ANNOUNCE).
+        msg: Vec<u8>,
+    },
+}
+
+/// The protocol core plugged into an [`EventLoop`]. Every method runs on the
+/// loop thread; none may block. After each `on_*` call the loop drains
+/// [`Driver::poll_action`] until `None`.
+pub trait Driver: Send + 'static {
+    /// A new connection (accepted).
+    fn on_connected(&mut self, conn: ConnId, meta: &ConnMeta, now: Time);
+    /// One whole message arrived on `conn`.
+    fn on_message(&mut self, conn: ConnId, ppid: u32, msg: &[u8], now: Time);
+    /// `conn` is gone (peer closed, error, timeout, or after [`Action::Close`]).
+    /// Called exactly once per connection that got `on_connected`.
+    fn on_closed(&mut self, conn: ConnId, now: Time);
+    /// A connection asked for with [`Action::Connect`] could not be opened.
+    /// Called exactly once per such connection that never got `on_connected`.
+    fn on_connect_failed(&mut self, conn: ConnId, now: Time) {
+        let _ = (conn, now);
+    }
+    /// The deadline from [`Driver::poll_timeout`] has passed (possibly long ago).
+    fn on_timeout(&mut self, now: Time);
+    /// The next time `on_timeout` should be called.
+    fn poll_timeout(&self) -> Option<Time>;
+    /// The next thing to do, if any.
+    fn poll_action(&mut self) -> Option<Action>;
+}
+
+/// One endpoint to listen on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    /// Where.
+    pub url: EndpointUrl,
+}
+
+/// Limits and timers of the I/O layer (the protocol's own are the driver's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Endpoints to listen on.
+    pub listen: Vec<EndpointUrl>,
+    /// TCP mapping: send a HEARTBEAT after this long without receiving anything.
+    pub heartbeat_interval: Duration,
+    /// TCP mapping: close after this many HEARTBEATs in a row go unanswered.
+    pub heartbeat_max_missed: u32,
+    /// Bytes of unsent output per connection beyond which it is closed.
+    pub max_write_buffer: usize,
+    /// Bound of the per-connection receive buffer (at least 65536 lets every
+    /// legal chunk through).
+    pub max_read_buffer: usize,
+    /// Bytes read from one connection per wakeup before others get a turn.
+    pub read_budget: usize,
+    /// Connections beyond this are refused (accepted and closed at once).
+    pub max_connections: usize,
+    /// Multicast group (and port) for [`Action::Announce`]; `None` = never send.
+    pub announce: Option<SocketAddr>,
+    /// IP TTL / hop limit of announce datagrams.
+    pub announce_ttl: u32,
+    /// How long an [`Action::Connect`] may take before it fails.
+    pub connect_timeout: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            listen: Vec::new(),
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_max_missed: 3,
+            max_write_buffer: 4 << 20,
+            max_read_buffer: crate::wire::tcpmap::DEFAULT_MAX_BUFFERED,
+            read_budget: 256 << 10,
+            max_connections: 16384,
+            announce: None,
+            announce_ttl: 1,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the loop could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// Binding or registering a socket failed.
+    Io {
+        /// What we were doing.
+        what: String,
+        /// The OS error.
+        err: std::io::Error,
+    },
+    /// A configured transport is not available (kernel SCTP).
+    Unsupported(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Io { what, err } => write!(f, "{what}: {err}"),
+            StartError::Unsupported(s) => f.write_str(s),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+#[cfg(test)]
+mod tests;

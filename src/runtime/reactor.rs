@@ -1,0 +1,883 @@
+//! The mio event loop that runs a [`Driver`].
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::conn::{ReadOutcome, TcpMapConn, Transport};
+use super::slab::Slab;
+use super::url::{EndpointUrl, Proto};
+use super::{Action, ConnId, ConnMeta, Driver, RuntimeConfig, StartError};
+use crate::time::Time;
+
+/// Reserved token of the waker (slab indices never get this high).
+const WAKER: Token = Token(usize::MAX);
+/// Accepts per listener per wakeup before other sockets get a turn.
+const ACCEPT_BUDGET: usize = 256;
+
+/// A closure run on the driver, on the loop thread.
+pub(crate) type DriverCall<D> = Box<dyn FnOnce(&mut D, Time) + Send>;
+
+/// A command from another thread.
+pub(crate) enum Command<D> {
+    /// Leave the loop: close every connection (drivers get `on_closed`) and return.
+    Stop,
+    /// Run a closure on the driver, on the loop thread; its actions are carried out.
+    Call(DriverCall<D>),
+}
+
+/// A way to reach a running loop from any thread: post a command and wake it.
+pub struct LoopHandle<D> {
+    tx: Sender<Command<D>>,
+    waker: Arc<Waker>,
+}
+
+impl<D> Clone for LoopHandle<D> {
+    fn clone(&self) -> Self {
+        LoopHandle {
+            tx: self.tx.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+}
+
+impl<D> std::fmt::Debug for LoopHandle<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoopHandle").finish_non_exhaustive()
+    }
+}
+
+impl<D: Driver> LoopHandle<D> {
+    fn post(&self, c: Command<D>) -> bool {
+        self.tx.send(c).is_ok() && self.waker.wake().is_ok()
+    }
+
+    /// Ask the loop to stop. Returns false if it is already gone.
+    pub fn stop(&self) -> bool {
+        self.post(Command::Stop)
+    }
+
+    /// Run `f` on the driver on the loop thread, without waiting.
+    pub fn call(&self, f: impl FnOnce(&mut D, Time) + Send + 'static) -> bool {
+        self.post(Command::Call(Box::new(f)))
+    }
+
+    /// Run `f` on the driver on the loop thread and wait for its result; `None`
+    /// if the loop is gone or doesn't answer within `timeout`.
+    pub fn query<R: Send + 'static>(
+        &self,
+        timeout: Duration,
+        f: impl FnOnce(&mut D, Time) -> R + Send + 'static,
+    ) -> Option<R> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if !self.call(move |d, now| {
+            let _ = tx.send(f(d, now));
+        }) {
+            return None;
+        }
+        rx.recv_timeout(timeout).ok()
+    }
+}
+
+/// Counters kept by the loop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoopStats {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections refused for [`RuntimeConfig::max_connections`].
+    pub refused: u64,
+    /// Connections closed for framing errors.
+    pub framing_errors: u64,
+    /// Connections closed because the peer didn't read its output.
+    pub overflow_closes: u64,
+    /// Connections closed for unanswered heartbeats.
+    pub heartbeat_closes: u64,
+    /// Messages delivered to the driver... counted by the driver; here: bytes read.
+    pub bytes_read: u64,
+    /// Announce datagrams sent.
+    pub announces: u64,
+}
+
+/// An entry of the slab: a listener or a connection.
+#[derive(Debug)]
+enum Entry {
+    Listener {
+        sock: TcpListener,
+        /// Index in `RuntimeConfig::listen`.
+        index: usize,
+        local: SocketAddr,
+    },
+    Conn(Box<Conn>),
+}
+
+#[derive(Debug)]
+struct Conn {
+    /// The id the driver knows it by (runtime-assigned, or driver-chosen).
+    id: ConnId,
+    /// The slab generation of its slot.
+    gen: u32,
+    transport: Transport,
+    /// Set while an outbound connection is being established.
+    connecting: Option<Connecting>,
+}
+
+#[derive(Debug)]
+struct Connecting {
+    addr: SocketAddr,
+    deadline: Time,
+}
+
+/// The event loop. Build it with [`EventLoop::new`] (binds every listener, so
+/// errors show up before any thread starts), take a [`LoopHandle`], then call
+/// [`EventLoop::run`] on the thread that should own it.
+pub struct EventLoop<D: Driver> {
+    poll: Poll,
+    entries: Slab<Entry>,
+    driver: D,
+    cfg: RuntimeConfig,
+    origin: Instant,
+    rx: Receiver<Command<D>>,
+    handle: LoopHandle<D>,
+    /// Connections with output queued since the last flush.
+    dirty: Vec<ConnId>,
+    /// Connections and listeners that stopped for a budget, to be resumed
+    /// without waiting for a new readiness event (mio is edge-triggered).
+    ready: Vec<(usize, u32)>,
+    /// Closes requested while draining actions.
+    to_close: Vec<(ConnId, String)>,
+    /// Connects that failed at once, reported after the current action.
+    failed_connects: Vec<ConnId>,
+    listeners: Vec<(Proto, SocketAddr)>,
+    /// Slots of the connections opened under driver-chosen ids.
+    aliases: HashMap<ConnId, (usize, u32)>,
+    announce: Option<UdpSocket>,
+    next_sweep: Time,
+    n_conns: usize,
+    stats: LoopStats,
+    stopping: bool,
+}
+
+impl<D: Driver> std::fmt::Debug for EventLoop<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("listeners", &self.listeners)
+            .field("connections", &self.n_conns)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: Driver> EventLoop<D> {
+    /// Bind every endpoint of `cfg.listen` and set up the waker. `origin` is the
+    /// instant that maps to `Time::ZERO` (the driver must use the same origin).
+    pub fn new(cfg: RuntimeConfig, origin: Instant, driver: D) -> Result<Self, StartError> {
+        Self::new_with(cfg, origin, |_| driver)
+    }
+
+    /// Like [`EventLoop::new`], but the driver is built once the listeners are
+    /// bound, from their addresses (e.g. to announce them).
+    pub fn new_with(
+        cfg: RuntimeConfig,
+        origin: Instant,
+        make_driver: impl FnOnce(&[(Proto, SocketAddr)]) -> D,
+    ) -> Result<Self, StartError> {
+        let io_err = |what: String| move |err| StartError::Io { what, err };
+        let poll = Poll::new().map_err(io_err("creating the poller".into()))?;
+        let waker = Arc::new(
+            Waker::new(poll.registry(), WAKER).map_err(io_err("creating the waker".into()))?,
+        );
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut entries = Slab::new();
+        let mut listeners = Vec::new();
+        for (index, url) in cfg.listen.iter().enumerate() {
+            for (proto, local) in bind(&poll, &mut entries, index, url)? {
+                listeners.push((proto, local));
+            }
+        }
+        let announce = match cfg.announce {
+            Some(group) => Some(
+                announce_socket(group, cfg.announce_ttl)
+                    .map_err(io_err(format!("announce socket for {group}")))?,
+            ),
+            None => None,
+        };
+        let driver = make_driver(&listeners);
+        Ok(EventLoop {
+            poll,
+            entries,
+            driver,
+            cfg,
+            origin,
+            rx,
+            handle: LoopHandle { tx, waker },
+            dirty: Vec::new(),
+            ready: Vec::new(),
+            to_close: Vec::new(),
+            failed_connects: Vec::new(),
+            listeners,
+            aliases: HashMap::new(),
+            announce,
+            next_sweep: Time::ZERO,
+            n_conns: 0,
+            stats: LoopStats::default(),
+            stopping: false,
+        })
+    }
+
+    /// The bound listening addresses (ephemeral ports resolved), in order.
+    pub fn local_addrs(&self) -> &[(Proto, SocketAddr)] {
+        &self.listeners
+    }
+
+    /// A handle for other threads.
+    pub fn handle(&self) -> LoopHandle<D> {
+        self.handle.clone()
+    }
+
+    /// The driver (e.g. to inspect it after [`EventLoop::run`] returns).
+    pub fn driver(&self) -> &D {
+        &self.driver
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> LoopStats {
+        self.stats
+    }
+
+    /// Now, on the loop's clock.
+    pub fn now(&self) -> Time {
+        Time(u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX))
+    }
+
+    fn sweep_period(&self) -> Duration {
+        (self.cfg.heartbeat_interval / 4).clamp(Duration::from_millis(5), Duration::from_secs(1))
+    }
+
+    /// Run until [`LoopHandle::stop`]. Returns an error only if polling itself fails.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut tokens: Vec<(Token, bool, bool)> = Vec::with_capacity(1024);
+        self.next_sweep = self.now() + self.sweep_period();
+        // The INITs of connections accepted before `run` wait in the dirty list.
+        self.flush_dirty();
+        while !self.stopping {
+            let now = self.now();
+            let timeout = if !self.ready.is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                let deadline = match self.driver.poll_timeout() {
+                    Some(t) => t.min(self.next_sweep),
+                    None => self.next_sweep,
+                };
+                Some(
+                    deadline.saturating_since(now)
+                        + Duration::from_micros(
+                            // Round up so we don't wake a hair early and spin.
+                            u64::from(deadline > now),
+                        ),
+                )
+            };
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            tokens.clear();
+            tokens.extend(events.iter().map(|e| {
+                (
+                    e.token(),
+                    e.is_readable() || e.is_read_closed() || e.is_error(),
+                    e.is_writable() || e.is_write_closed(),
+                )
+            }));
+            let now = self.now();
+            for &(token, readable, writable) in &tokens {
+                if token == WAKER {
+                    self.commands(now);
+                } else {
+                    self.socket_event(token.0, readable, writable, now);
+                }
+            }
+            // Resume sockets that yielded last time (only those queued before now).
+            let n = self.ready.len();
+            if n > 0 {
+                let again: Vec<(usize, u32)> = self.ready.drain(..n).collect();
+                for (idx, gen) in again {
+                    self.resume(idx, gen, now);
+                }
+            }
+            if self.driver.poll_timeout().is_some_and(|t| t <= now) {
+                self.driver.on_timeout(now);
+                self.drain(now);
+            }
+            if now >= self.next_sweep {
+                self.sweep(now);
+                self.next_sweep = now + self.sweep_period();
+            }
+            self.flush_dirty();
+        }
+        self.shutdown();
+        Ok(())
+    }
+
+    fn commands(&mut self, now: Time) {
+        while let Ok(c) = self.rx.try_recv() {
+            match c {
+                Command::Stop => self.stopping = true,
+                Command::Call(f) => {
+                    f(&mut self.driver, now);
+                    self.drain(now);
+                }
+            }
+        }
+    }
+
+    fn socket_event(&mut self, idx: usize, readable: bool, writable: bool, now: Time) {
+        match self.entries.get(idx) {
+            Some(Entry::Listener { .. }) => self.accept(idx, now),
+            Some(Entry::Conn(c)) => {
+                let id = c.id;
+                if c.connecting.is_some() {
+                    if readable || writable {
+                        self.connect_progress(id, now);
+                    }
+                    return;
+                }
+                if writable {
+                    self.flush_one(id);
+                }
+                if readable {
+                    self.read(id, now);
+                }
+            }
+            None => {} // spurious: the entry was closed earlier in this batch
+        }
+    }
+
+    /// The slab slot (index, generation) of a live connection.
+    fn slot(&self, id: ConnId) -> Option<(usize, u32)> {
+        if id.is_driver_chosen() {
+            self.aliases.get(&id).copied()
+        } else {
+            Some((id.index(), id.gen()))
+        }
+    }
+
+    fn conn_entry(&mut self, id: ConnId) -> Option<&mut Conn> {
+        let (idx, gen) = self.slot(id)?;
+        match self.entries.get_gen_mut(idx, gen) {
+            Some(Entry::Conn(c)) if c.id == id => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Start an outbound connection (Action::Connect).
+    fn connect(&mut self, conn: ConnId, addr: SocketAddr, now: Time) {
+        if !conn.is_driver_chosen() || self.aliases.contains_key(&conn) {
+            log(&format!(
+                "connect: {} is not a free driver-chosen id",
+                conn.0
+            ));
+            self.failed_connects.push(conn);
+            return;
+        }
+        if self.n_conns >= self.cfg.max_connections {
+            self.failed_connects.push(conn);
+            return;
+        }
+        let stream = match TcpStream::connect(addr) {
+            Ok(s) => s,
+            Err(e) => {
+                if verbose() {
+                    log(&format!("connect to {addr}: {e}"));
+                }
+                self.failed_connects.push(conn);
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let tcp = TcpMapConn::new(stream, &self.cfg, now);
+        let deadline = now + self.cfg.connect_timeout;
+        let slot = self.entries.insert_with(|_, g| {
+            Entry::Conn(Box::new(Conn {
+                id: conn,
+                gen: g,
+                transport: Transport::Tcp(tcp),
+                connecting: Some(Connecting { addr, deadline }),
+            }))
+        });
+        let Some(Entry::Conn(c)) = self.entries.get_mut(slot) else {
+            return;
+        };
+        let gen = c.gen;
+        let Transport::Tcp(t) = &mut c.transport;
+        if let Err(e) = self.poll.registry().register(
+            &mut t.stream,
+            Token(slot),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log(&format!("register connection to {addr}: {e}"));
+            self.entries.remove(slot);
+            self.failed_connects.push(conn);
+            return;
+        }
+        self.aliases.insert(conn, (slot, gen));
+        self.n_conns += 1;
+    }
+
+    /// Readiness on a connecting socket: connected, failed, or not yet.
+    fn connect_progress(&mut self, id: ConnId, now: Time) {
+        let Some(c) = self.conn_entry(id) else {
+            return;
+        };
+        let Transport::Tcp(t) = &mut c.transport;
+        let addr = match &c.connecting {
+            Some(k) => k.addr,
+            None => return,
+        };
+        match t.stream.take_error() {
+            Ok(None) => {}
+            Ok(Some(e)) | Err(e) => {
+                let reason = format!("connect to {addr}: {e}");
+                self.fail_connect(id, &reason, now);
+                return;
+            }
+        }
+        match t.stream.peer_addr() {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
+            Err(e) => {
+                let reason = format!("connect to {addr}: {e}");
+                self.fail_connect(id, &reason, now);
+                return;
+            }
+        }
+        let local = t.stream.local_addr().unwrap_or(addr);
+        c.connecting = None;
+        // WRITABLE interest stays registered; flush_one drops it when idle.
+        t.want_write = true;
+        self.dirty.push(id); // our INIT, and anything the driver queued early
+        let meta = ConnMeta {
+            proto: Proto::Tcp,
+            remote: vec![addr],
+            local,
+            listener: usize::MAX,
+        };
+        self.driver.on_connected(id, &meta, now);
+        self.drain(now);
+        self.read(id, now);
+    }
+
+    /// Give up on a connecting socket.
+    fn fail_connect(&mut self, id: ConnId, reason: &str, now: Time) {
+        let Some((idx, gen)) = self.slot(id) else {
+            return;
+        };
+        let Some(Entry::Conn(_)) = self.entries.get_gen_mut(idx, gen) else {
+            return;
+        };
+        if let Some(Entry::Conn(mut c)) = self.entries.remove(idx) {
+            let Transport::Tcp(t) = &mut c.transport;
+            let _ = self.poll.registry().deregister(&mut t.stream);
+        }
+        self.aliases.remove(&id);
+        self.n_conns -= 1;
+        if verbose() {
+            log(&format!("connection {} failed: {reason}", id.0));
+        }
+        self.driver.on_connect_failed(id, now);
+        self.drain(now);
+    }
+
+    fn resume(&mut self, idx: usize, gen: u32, now: Time) {
+        match self.entries.get(idx) {
+            Some(Entry::Listener { .. }) => self.accept(idx, now),
+            Some(Entry::Conn(c)) if c.gen == gen && c.connecting.is_none() => {
+                let id = c.id;
+                self.read(id, now);
+            }
+            _ => {}
+        }
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conn_entry(id)
+    }
+
+    fn accept(&mut self, idx: usize, now: Time) {
+        for _ in 0..ACCEPT_BUDGET {
+            let (res, index, local) = match self.entries.get(idx) {
+                Some(Entry::Listener { sock, index, local }) => (sock.accept(), *index, *local),
+                _ => return,
+            };
+            match res {
+                Ok((stream, peer)) => {
+                    self.stats.accepted += 1;
+                    if self.n_conns >= self.cfg.max_connections {
+                        self.stats.refused += 1;
+                        drop(stream);
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    let local = stream.local_addr().unwrap_or(local);
+                    let conn = TcpMapConn::new(stream, &self.cfg, now);
+                    let slot = self.entries.insert_with(|i, g| {
+                        Entry::Conn(Box::new(Conn {
+                            id: ConnId::new(i, g),
+                            gen: g,
+                            transport: Transport::Tcp(conn),
+                            connecting: None,
+                        }))
+                    });
+                    let Some(Entry::Conn(c)) = self.entries.get_mut(slot) else {
+                        continue;
+                    };
+                    let id = c.id;
+                    let Transport::Tcp(t) = &mut c.transport;
+                    if let Err(e) = self.poll.registry().register(
+                        &mut t.stream,
+                        Token(slot),
+                        Interest::READABLE,
+                    ) {
+                        log(&format!("register {peer}: {e}"));
+                        self.entries.remove(slot);
+                        continue;
+                    }
+                    self.n_conns += 1;
+                    self.dirty.push(id); // our INIT
+                    let meta = ConnMeta {
+                        proto: Proto::Tcp,
+                        remote: vec![peer],
+                        local,
+                        listener: index,
+                    };
+                    self.driver.on_connected(id, &meta, now);
+                    self.drain(now);
+                    // Bytes may already be waiting; mio reports them as an event,
+                    // so nothing more to do here.
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and friends: the listener stays readable; the next
+                    // sweep tries again (no busy loop meanwhile).
+                    log(&format!("accept on {local}: {e}"));
+                    return;
+                }
+            }
+        }
+        // Budget used up: more may be pending, come back on the next turn.
+        self.ready.push((idx, 0));
+    }
+
+    fn read(&mut self, id: ConnId, now: Time) {
+        let Some((idx, gen)) = self.slot(id) else {
+            return;
+        };
+        let cfg = &self.cfg;
+        let outcome = match self.entries.get_gen_mut(idx, gen) {
+            Some(Entry::Conn(c)) if c.connecting.is_none() => match &mut c.transport {
+                Transport::Tcp(t) => {
+                    if t.read_paused {
+                        return; // resumed by flush_one when the backlog drains
+                    }
+                    let o = t.read_burst(id, &mut self.driver, cfg, now);
+                    if !t.dirty && t.backlog() > 0 {
+                        t.dirty = true;
+                        self.dirty.push(id);
+                    }
+                    o
+                }
+            },
+            _ => return,
+        };
+        match outcome {
+            ReadOutcome::Drained => {}
+            ReadOutcome::Yielded => {
+                if let Some(Entry::Conn(c)) = self.entries.get(idx) {
+                    let Transport::Tcp(t) = &c.transport;
+                    if !t.read_paused {
+                        self.ready.push((idx, gen));
+                    }
+                }
+            }
+            ReadOutcome::Closed(reason) => {
+                if reason.starts_with("TCP mapping framing error") {
+                    self.stats.framing_errors += 1;
+                }
+                self.to_close.push((id, reason));
+            }
+        }
+        self.drain(now);
+    }
+
+    /// Carry out the driver's actions, and closes, until there are none.
+    fn drain(&mut self, now: Time) {
+        loop {
+            while let Some(a) = self.driver.poll_action() {
+                self.apply(a, now);
+            }
+            if !self.failed_connects.is_empty() {
+                for id in std::mem::take(&mut self.failed_connects) {
+                    self.driver.on_connect_failed(id, now);
+                }
+                continue;
+            }
+            if self.to_close.is_empty() {
+                return;
+            }
+            let closes = std::mem::take(&mut self.to_close);
+            for (id, reason) in closes {
+                self.close(id, &reason, now);
+            }
+        }
+    }
+
+    fn apply(&mut self, a: Action, now: Time) {
+        match a {
+            Action::Send { conn, ppid, msg } => {
+                let max = self.cfg.max_write_buffer;
+                let Some(c) = self.conn_mut(conn) else {
+                    return; // closed meanwhile
+                };
+                let Transport::Tcp(t) = &mut c.transport;
+                let res = t.queue_data(ppid, &msg, max);
+                let newly_dirty = !t.dirty;
+                t.dirty = true;
+                if newly_dirty {
+                    self.dirty.push(conn);
+                }
+                if let Err(reason) = res {
+                    self.stats.overflow_closes += 1;
+                    self.to_close.push((conn, reason));
+                }
+            }
+            Action::Close { conn, reason } => self.to_close.push((conn, reason)),
+            Action::Connect { conn, addr } => self.connect(conn, addr, now),
+            Action::Announce { msg } => {
+                if let (Some(sock), Some(group)) = (&self.announce, self.cfg.announce) {
+                    match sock.send_to(&msg, group) {
+                        Ok(_) => self.stats.announces += 1,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => log(&format!("announce to {group}: {e}")),
+                    }
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, id: ConnId, reason: &str, now: Time) {
+        let Some(c) = self.conn_entry(id) else {
+            return; // already closed
+        };
+        if c.connecting.is_some() {
+            self.fail_connect(id, reason, now);
+            return;
+        }
+        let Some((idx, _)) = self.slot(id) else {
+            return;
+        };
+        let Some(Entry::Conn(mut c)) = self.entries.remove(idx) else {
+            return;
+        };
+        self.aliases.remove(&id);
+        let Transport::Tcp(t) = &mut c.transport;
+        // Best effort: whatever fits in the socket buffer now (e.g. an error reply).
+        let _ = t.flush();
+        let _ = self.poll.registry().deregister(&mut t.stream);
+        drop(c);
+        self.n_conns -= 1;
+        if verbose() {
+            log(&format!("connection {} closed: {reason}", id.0));
+        }
+        self.driver.on_closed(id, now);
+    }
+
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &id in &dirty {
+            if let Some(c) = self.conn_mut(id) {
+                let Transport::Tcp(t) = &mut c.transport;
+                t.dirty = false;
+            }
+            self.flush_one(id);
+        }
+        // Reuse the allocation unless something re-dirtied meanwhile.
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+            self.dirty.clear();
+        }
+        if !self.to_close.is_empty() {
+            let now = self.now();
+            self.drain(now);
+        }
+    }
+
+    /// Write what is queued; keep WRITABLE interest only while a backlog remains;
+    /// resume reading a paused connection once its backlog is low again.
+    fn flush_one(&mut self, id: ConnId) {
+        let half = self.cfg.max_write_buffer / 2;
+        let Some((idx, gen)) = self.slot(id) else {
+            return;
+        };
+        let registry = self.poll.registry();
+        let Some(Entry::Conn(c)) = self.entries.get_gen_mut(idx, gen) else {
+            return;
+        };
+        if c.connecting.is_some() {
+            return; // flushed once connected
+        }
+        let Transport::Tcp(t) = &mut c.transport;
+        match t.flush() {
+            Ok(backlog) => {
+                let want = backlog > 0;
+                if want != t.want_write {
+                    let interest = if want {
+                        Interest::READABLE | Interest::WRITABLE
+                    } else {
+                        Interest::READABLE
+                    };
+                    if let Err(e) = registry.reregister(&mut t.stream, Token(idx), interest) {
+                        self.to_close.push((id, format!("reregister: {e}")));
+                        return;
+                    }
+                    t.want_write = want;
+                }
+                if t.read_paused && backlog <= half {
+                    t.read_paused = false;
+                    self.ready.push((idx, gen));
+                }
+            }
+            Err(e) => self.to_close.push((id, format!("write: {e}"))),
+        }
+    }
+
+    /// Per-connection timers: heartbeats on idle TCP mapping connections. Also
+    /// retries accepting, in case a listener hit EMFILE.
+    fn sweep(&mut self, now: Time) {
+        let idxs: Vec<usize> = self.entries.indices().collect();
+        for idx in idxs {
+            let c = match self.entries.get_mut(idx) {
+                Some(Entry::Conn(c)) => c,
+                Some(Entry::Listener { .. }) => {
+                    self.accept(idx, now);
+                    continue;
+                }
+                None => continue,
+            };
+            let id = c.id;
+            if let Some(k) = &c.connecting {
+                if now >= k.deadline {
+                    let reason = format!("connect to {}: timed out", k.addr);
+                    self.fail_connect(id, &reason, now);
+                }
+                continue;
+            }
+            let Transport::Tcp(t) = &mut c.transport;
+            match t.tick(now, &self.cfg) {
+                Ok(false) => {}
+                Ok(true) => {
+                    if !t.dirty {
+                        t.dirty = true;
+                        self.dirty.push(id);
+                    }
+                }
+                Err(reason) => {
+                    self.stats.heartbeat_closes += 1;
+                    self.to_close.push((id, reason));
+                }
+            }
+        }
+        self.drain(now);
+    }
+
+    fn shutdown(&mut self) {
+        let now = self.now();
+        let idxs: Vec<usize> = self.entries.indices().collect();
+        for idx in idxs {
+            match self.entries.get(idx) {
+                Some(Entry::Conn(c)) => {
+                    let id = c.id;
+                    self.close(id, "shutting down", now);
+                }
+                Some(Entry::Listener { .. }) => {
+                    if let Some(Entry::Listener { mut sock, .. }) = self.entries.remove(idx) {
+                        let _ = self.poll.registry().deregister(&mut sock);
+                    }
+                }
+                None => {}
+            }
+        }
+        // Drop whatever the driver still wanted to say: everything is closed.
+        while self.driver.poll_action().is_some() {}
+    }
+}
+
+fn bind(
+    poll: &Poll,
+    entries: &mut Slab<Entry>,
+    index: usize,
+    url: &EndpointUrl,
+) -> Result<Vec<(Proto, SocketAddr)>, StartError> {
+    match url.proto {
+        Proto::Sctp => Err(StartError::Unsupported(format!(
+            "{url}: {}",
+            if super::probe_sctp().is_available() {
+                "the SCTP transport is not implemented yet"
+            } else {
+                "this kernel has no SCTP support"
+            }
+        ))),
+        Proto::Tcp => {
+            let addr = url.first();
+            let sock = TcpListener::bind(addr).map_err(|err| StartError::Io {
+                what: format!("listening on {url}"),
+                err,
+            })?;
+            let local = sock.local_addr().unwrap_or(addr);
+            let slot = entries.insert_with(|_, _| Entry::Listener { sock, index, local });
+            if let Some(Entry::Listener { sock, .. }) = entries.get_mut(slot) {
+                poll.registry()
+                    .register(sock, Token(slot), Interest::READABLE)
+                    .map_err(|err| StartError::Io {
+                        what: format!("registering {url}"),
+                        err,
+                    })?;
+            }
+            Ok(vec![(Proto::Tcp, local)])
+        }
+    }
+}
+
+/// A UDP socket for sending announces to `group` (never bound to it: we only send).
+fn announce_socket(group: SocketAddr, ttl: u32) -> io::Result<UdpSocket> {
+    let sock = if group.is_ipv4() {
+        let s = UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0))?;
+        s.set_multicast_ttl_v4(ttl)?;
+        s
+    } else {
+        let s = UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, 0))?;
+        // SAFETY-free path: std has no hop-limit setter; the default (1) is what
+        // we want for a link-local scope anyway.
+        s
+    };
+    sock.set_nonblocking(true)?;
+    Ok(sock)
+}
+
+/// True when RSERPOOL_DEBUG is set: log every connection close.
+fn verbose() -> bool {
+    static V: once_cell::sync::Lazy<bool> =
+        once_cell::sync::Lazy::new(|| std::env::var_os("RSERPOOL_DEBUG").is_some());
+    *V
+}
+
+/// One diagnostic line on stderr.
+fn log(msg: &str) {
+    eprintln!("rserpool: {msg}");
+}

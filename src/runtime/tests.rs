@@ -1,0 +1,429 @@
+//! Event-loop tests on loopback with a toy driver.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::blocking::TcpMapClient;
+use super::*;
+use crate::wire::tcpmap::{Chunk, ChunkDecoder, InitFlags};
+
+const T: Duration = Duration::from_secs(10);
+
+/// Echoes every message; "close" closes; "flood N" sends N 60 000-byte messages.
+#[derive(Default)]
+struct Echo {
+    out: VecDeque<Action>,
+    connected: u64,
+    closed: u64,
+}
+
+impl Driver for Echo {
+    fn on_connected(&mut self, _: ConnId, meta: &ConnMeta, _: Time) {
+        assert_eq!(meta.proto, Proto::Tcp);
+        self.connected += 1;
+    }
+    fn on_message(&mut self, conn: ConnId, ppid: u32, msg: &[u8], _: Time) {
+        if msg == b"close" {
+            self.out.push_back(Action::Send {
+                conn,
+                ppid,
+                msg: b"bye".to_vec(),
+            });
+            self.out.push_back(Action::Close {
+                conn,
+                reason: "asked".into(),
+            });
+        } else if let Some(n) = msg.strip_prefix(b"flood ") {
+            let n: usize = std::str::from_utf8(n).unwrap().parse().unwrap();
+            for _ in 0..n {
+                self.out.push_back(Action::Send {
+                    conn,
+                    ppid,
+                    msg: vec![7; 60_000],
+                });
+            }
+        } else {
+            self.out.push_back(Action::Send {
+                conn,
+                ppid,
+                msg: msg.to_vec(),
+            });
+        }
+    }
+    fn on_closed(&mut self, _: ConnId, _: Time) {
+        self.closed += 1;
+    }
+    fn on_timeout(&mut self, _: Time) {}
+    fn poll_timeout(&self) -> Option<Time> {
+        None
+    }
+    fn poll_action(&mut self) -> Option<Action> {
+        self.out.pop_front()
+    }
+}
+
+struct Running {
+    addr: SocketAddr,
+    handle: LoopHandle<Echo>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    fn start(mut cfg: RuntimeConfig) -> Running {
+        cfg.listen = vec![EndpointUrl::parse("tcp://127.0.0.1:0").unwrap()];
+        let mut ev = EventLoop::new(cfg, Instant::now(), Echo::default()).unwrap();
+        let addr = ev.local_addrs()[0].1;
+        let handle = ev.handle();
+        let thread = std::thread::spawn(move || ev.run().unwrap());
+        Running {
+            addr,
+            handle,
+            thread: Some(thread),
+        }
+    }
+    fn counts(&self) -> (u64, u64) {
+        self.handle
+            .query(T, |d, _| (d.connected, d.closed))
+            .unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.handle.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Wait until `f` holds, polling; panics after `T`.
+fn wait_for(mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + T;
+    while !f() {
+        assert!(Instant::now() < end, "condition not reached in time");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn echo_round_trip_with_acks() {
+    let r = Running::start(RuntimeConfig::default());
+    let mut c = TcpMapClient::connect(r.addr, T).unwrap();
+    for i in 0..100u32 {
+        c.queue(11, &i.to_be_bytes()).unwrap();
+    }
+    c.flush().unwrap();
+    for i in 0..100u32 {
+        let (p, m) = c.recv(T).unwrap();
+        assert_eq!((p, m), (11, i.to_be_bytes().to_vec()));
+    }
+    assert_eq!(c.peer_init(), Some(InitFlags::NONE));
+    // One ACK per delivered DATA chunk.
+    c.send(12, b"x").unwrap();
+    assert_eq!(c.recv(T).unwrap(), (12, b"x".to_vec()));
+    assert_eq!(c.acks_received(), 101);
+    c.send(11, b"close").unwrap();
+    assert_eq!(c.recv(T).unwrap().1, b"bye");
+    c.wait_closed(T).unwrap();
+    wait_for(|| r.counts() == (1, 1));
+}
+
+/// Read raw chunks from a plain socket (no automatic replies).
+fn raw_chunks(s: &mut TcpStream, dec: &mut ChunkDecoder, want: usize) -> Vec<Chunk> {
+    s.set_read_timeout(Some(T)).unwrap();
+    let mut got = Vec::new();
+    while got.len() < want {
+        while let Some(c) = dec.next_chunk().unwrap() {
+            got.push(c.to_chunk());
+        }
+        if got.len() >= want {
+            break;
+        }
+        let n = s.read(dec.spare()).unwrap();
+        assert!(n > 0, "closed early");
+        dec.commit(n);
+    }
+    got
+}
+
+#[test]
+fn every_init_variant_and_heartbeat_echo() {
+    let r = Running::start(RuntimeConfig::default());
+    for flags in 0..8u8 {
+        let mut s = TcpStream::connect(r.addr).unwrap();
+        let mut out = Vec::new();
+        Chunk::Init {
+            flags: InitFlags(flags),
+        }
+        .encode(&mut out)
+        .unwrap();
+        // A DATA chunk laid out per our own flags.
+        let d = crate::wire::tcpmap::DataHeader {
+            unordered: false,
+            tsn: 0,
+            stream: 0,
+            ssn: 0,
+            ppid: 11,
+        };
+        crate::wire::tcpmap::encode_data(&mut out, InitFlags(flags), &d, b"hello").unwrap();
+        Chunk::Heartbeat {
+            info: vec![1, 2, 3],
+        }
+        .encode(&mut out)
+        .unwrap();
+        s.write_all(&out).unwrap();
+        let mut dec = ChunkDecoder::new(1 << 17);
+        let got = raw_chunks(&mut s, &mut dec, 4);
+        assert_eq!(
+            got[0],
+            Chunk::Init {
+                flags: InitFlags::NONE
+            }
+        );
+        let no_tsn = flags & 1 != 0;
+        assert_eq!(
+            got[1],
+            Chunk::Ack {
+                cum_tsn: if no_tsn { None } else { Some(0) }
+            },
+            "flags {flags}"
+        );
+        // The HEARTBEAT ACK goes out at once; the echo after the read burst.
+        assert_eq!(
+            got[2],
+            Chunk::HeartbeatAck {
+                info: vec![1, 2, 3]
+            }
+        );
+        let Chunk::Data(echo) = &got[3] else {
+            panic!("{:?}", got[3])
+        };
+        assert_eq!(echo.payload, b"hello");
+        assert_eq!(echo.ppid, Some(if flags & 4 != 0 { 0 } else { 11 }));
+    }
+}
+
+#[test]
+fn framing_errors_close_the_connection() {
+    let r = Running::start(RuntimeConfig::default());
+    let bad: [&[u8]; 4] = [
+        &[0, 0, 0, 20, 0, 0, 0, 0],            // DATA before INIT
+        &[1, 0, 0, 4, 0, 0, 0, 2],             // Length 2
+        &[1, 0, 0, 4, 1, 0, 0, 4],             // second INIT
+        &[1, 0, 0, 4, 3, 0, 0, 6, 0, 0, 0, 0], // ACK Length 6
+    ];
+    for b in bad {
+        let mut c = TcpMapClient::connect(r.addr, T).unwrap();
+        // Replace our well-formed INIT's successors with garbage.
+        c.queue_raw(&b[4..]);
+        if b[0] != 1 {
+            // Not starting with INIT: use a raw socket instead.
+            let mut s = TcpStream::connect(r.addr).unwrap();
+            s.write_all(b).unwrap();
+            s.set_read_timeout(Some(T)).unwrap();
+            let mut buf = [0u8; 64];
+            let mut total = 0;
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => total += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            assert!(total <= 4, "only our INIT before the close");
+            continue;
+        }
+        c.flush().unwrap();
+        c.wait_closed(T).unwrap();
+    }
+    // The loop is still fine.
+    let mut c = TcpMapClient::connect(r.addr, T).unwrap();
+    c.send(11, b"ok").unwrap();
+    assert_eq!(c.recv(T).unwrap().1, b"ok");
+}
+
+#[test]
+fn silent_peer_is_closed_after_unanswered_heartbeats() {
+    let r = Running::start(RuntimeConfig {
+        heartbeat_interval: Duration::from_millis(40),
+        heartbeat_max_missed: 2,
+        ..RuntimeConfig::default()
+    });
+    let mut quiet = TcpMapClient::connect(r.addr, T).unwrap();
+    quiet.set_answer_heartbeats(false);
+    quiet.wait_closed(T).unwrap();
+    // A peer that answers stays up across many intervals.
+    let mut alive = TcpMapClient::connect(r.addr, T).unwrap();
+    let until = Instant::now() + Duration::from_millis(400);
+    while Instant::now() < until {
+        match alive.recv(Duration::from_millis(20)) {
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    alive.send(11, b"still here").unwrap();
+    assert_eq!(alive.recv(T).unwrap().1, b"still here");
+}
+
+#[test]
+fn a_peer_that_does_not_read_is_cut_off() {
+    let r = Running::start(RuntimeConfig {
+        max_write_buffer: 256 << 10,
+        ..RuntimeConfig::default()
+    });
+    let mut hog = TcpMapClient::connect(r.addr, T).unwrap();
+    hog.send(11, b"flood 200").unwrap(); // 12 MB of replies, never read
+                                         // Meanwhile others are served.
+    let mut c = TcpMapClient::connect(r.addr, T).unwrap();
+    c.send(11, b"ping").unwrap();
+    assert_eq!(c.recv(T).unwrap().1, b"ping");
+    wait_for(|| r.counts().1 >= 1);
+    // The hog eventually sees the end of the stream.
+    let mut s = hog.stream().try_clone().unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// Opens connections on request; sends "hello" once connected; records events.
+#[derive(Default)]
+struct Dialer {
+    out: VecDeque<Action>,
+    connected: Vec<(ConnId, ConnMeta)>,
+    failed: Vec<ConnId>,
+    closed: Vec<ConnId>,
+    received: Vec<(ConnId, Vec<u8>)>,
+}
+
+impl Driver for Dialer {
+    fn on_connected(&mut self, conn: ConnId, meta: &ConnMeta, _: Time) {
+        self.connected.push((conn, meta.clone()));
+        self.out.push_back(Action::Send {
+            conn,
+            ppid: 11,
+            msg: b"hello".to_vec(),
+        });
+    }
+    fn on_message(&mut self, conn: ConnId, _: u32, msg: &[u8], _: Time) {
+        self.received.push((conn, msg.to_vec()));
+    }
+    fn on_closed(&mut self, conn: ConnId, _: Time) {
+        self.closed.push(conn);
+    }
+    fn on_connect_failed(&mut self, conn: ConnId, _: Time) {
+        self.failed.push(conn);
+    }
+    fn on_timeout(&mut self, _: Time) {}
+    fn poll_timeout(&self) -> Option<Time> {
+        None
+    }
+    fn poll_action(&mut self) -> Option<Action> {
+        self.out.pop_front()
+    }
+}
+
+fn start_dialer() -> (LoopHandle<Dialer>, JoinHandle<()>) {
+    let mut ev = EventLoop::new(RuntimeConfig::default(), Instant::now(), Dialer::default())
+        .expect("loop starts");
+    let h = ev.handle();
+    let t = std::thread::spawn(move || ev.run().unwrap());
+    (h, t)
+}
+
+#[test]
+fn outbound_connection_speaks_the_tcp_mapping() {
+    let server = Running::start(RuntimeConfig::default());
+    let (h, t) = start_dialer();
+    let id = ConnId::driver(7);
+    let addr = server.addr;
+    assert!(h.call(move |d, _| d.out.push_back(Action::Connect { conn: id, addr })));
+    // The echo server answers our "hello" on the new connection.
+    wait_for(|| {
+        h.query(T, |d, _| d.received.clone())
+            .unwrap()
+            .contains(&(id, b"hello".to_vec()))
+    });
+    let (connected, failed) = h
+        .query(T, |d, _| (d.connected.clone(), d.failed.clone()))
+        .unwrap();
+    assert_eq!(connected.len(), 1);
+    assert_eq!(connected[0].0, id);
+    assert_eq!(connected[0].1.remote, vec![addr]);
+    assert_eq!(connected[0].1.listener, usize::MAX);
+    assert!(failed.is_empty());
+    assert_eq!(server.counts().0, 1);
+    // Closing it reaches both sides.
+    assert!(h.call(move |d, _| d.out.push_back(Action::Close {
+        conn: id,
+        reason: "done".into()
+    })));
+    wait_for(|| h.query(T, |d, _| d.closed.clone()).unwrap() == vec![id]);
+    wait_for(|| server.counts().1 == 1);
+    // The id is free again: connecting under it works once more.
+    assert!(h.call(move |d, _| d.out.push_back(Action::Connect { conn: id, addr })));
+    wait_for(|| h.query(T, |d, _| d.connected.len()).unwrap() == 2);
+    h.stop();
+    t.join().unwrap();
+}
+
+#[test]
+fn failed_and_invalid_connects_are_reported_once() {
+    // A port nobody listens on: bind, learn the port, close.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let server = Running::start(RuntimeConfig::default());
+    let live_addr = server.addr;
+    let (h, t) = start_dialer();
+    let refused = ConnId::driver(1);
+    let not_driver = ConnId(5);
+    let dup = ConnId::driver(2);
+    assert!(h.call(move |d, _| {
+        d.out.push_back(Action::Connect {
+            conn: refused,
+            addr: dead_addr,
+        });
+        d.out.push_back(Action::Connect {
+            conn: not_driver,
+            addr: live_addr,
+        });
+        d.out.push_back(Action::Connect {
+            conn: dup,
+            addr: live_addr,
+        });
+        d.out.push_back(Action::Connect {
+            conn: dup,
+            addr: live_addr,
+        });
+    }));
+    wait_for(|| {
+        let (f, c) = h
+            .query(T, |d, _| (d.failed.clone(), d.connected.len()))
+            .unwrap();
+        f.len() == 3 && c == 1
+    });
+    let mut failed = h.query(T, |d, _| d.failed.clone()).unwrap();
+    failed.sort();
+    let mut want = vec![refused, not_driver, dup];
+    want.sort();
+    assert_eq!(
+        failed, want,
+        "refused, non-driver id, and the second use of an id"
+    );
+    let connected = h.query(T, |d, _| d.connected.clone()).unwrap();
+    assert_eq!(connected[0].0, dup);
+    h.stop();
+    t.join().unwrap();
+}
