@@ -41,11 +41,11 @@ fn pe(i: usize, regs: usize) -> PeSpec {
 }
 
 /// One seeded run; Err carries the reason and the final state.
-fn run(seed: u64) -> Result<Sim, (String, Sim)> {
+fn run(seed: u64) -> Result<Sim, Box<(String, Sim)>> {
     let mut sim = None;
     match run_inner(seed, &mut sim) {
         Ok(()) => Ok(sim.expect("set")),
-        Err(e) => Err((e, sim.expect("set"))),
+        Err(e) => Err(Box::new((e, sim.expect("set")))),
     }
 }
 
@@ -136,7 +136,8 @@ fn many_seeds_converge() {
                     describe(&sim);
                 }
             }
-            Err((e, sim)) => {
+            Err(b) => {
+                let (e, sim) = *b;
                 eprintln!("seed {seed} FAILED: {e}\n  replay: RSERPOOL_SIM_SEED={seed} cargo test --test enrp_sim -- --nocapture");
                 if std::env::var("RSERPOOL_SIM_SEED").is_ok() {
                     describe(&sim);

@@ -775,7 +775,12 @@ impl Registrar {
             self.timers.set(Timer::PeerCheck(id), due);
             return;
         }
-        if matches!(p.state, PeerState::Active | PeerState::Synchronising) {
+        // Connecting too: a peer from a stale list that never answers must
+        // be declared dead like any other.
+        if matches!(
+            p.state,
+            PeerState::Active | PeerState::Synchronising | PeerState::Connecting
+        ) {
             self.probe(id);
         }
     }

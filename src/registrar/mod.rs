@@ -6,10 +6,11 @@
 //! (quinn's pattern, STYLE.md §2):
 //!
 //! - getters: [`Registrar::server_id`], [`Registrar::stats`],
-//!   [`Registrar::pool_elements`], ...;
+//!   [`Registrar::pool_elements`], [`Registrar::peers`],
+//!   [`Registrar::startup_state`], [`Registrar::enrp_stats`], ...;
 //! - `handle_*`: network and timer input ([`Registrar::handle_connected`],
 //!   [`Registrar::handle_message`], [`Registrar::handle_closed`],
-//!   [`Registrar::handle_timeout`]);
+//!   [`Registrar::handle_timeout`], [`Registrar::handle_connect_failed`]);
 //! - `poll_*`: after **every** `handle_*` call drain [`Registrar::poll_output`]
 //!   until `None`, then arm a timer for [`Registrar::poll_timeout`].
 //!
@@ -69,11 +70,73 @@
 //!   response (R=1, cause 0x3) when its handle and PE id can be read.
 //! - **PPID 0** on a TCP connection is taken as ASAP (a TCP-mapping peer that
 //!   leaves the PPID out); any other unknown PPID is dropped.
-//! - **ENRP** (PPID 12): only ENRP_HANDLE_TABLE_REQUEST is served (it is how
-//!   `rserpool dump` reads the handlespace); other ENRP messages are counted
-//!   and ignored until the ENRP peer side exists.
 //! - **Server announce**: every `announce_interval` when set, not yet scaled by
-//!   the number of other announcing servers (that needs ENRP).
+//!   the number of other announcing servers.
+//!
+//! # ENRP (RFC 5353, digest §9.9-§9.14; code in `enrp.rs`)
+//!
+//! - **Connections**: the core dials peers itself with [`Output::Connect`],
+//!   picking ids with [`CORE_CONN_BIT`] set; the runtime answers
+//!   `handle_connected` or [`Registrar::handle_connect_failed`]. Any
+//!   connection becomes a peer connection when an ENRP message from a server
+//!   arrives on it (no listener marking needed). A peer is answered on the
+//!   connection it last spoke on (an older, half-open one may be dead).
+//! - **Start-up**: the first configured peer is the mentor, the others
+//!   backups. We send a reply-required presence (so it knows us), then
+//!   ENRP_LIST_REQUEST (peers seeded from the answer and dialled), then
+//!   ENRP_HANDLE_TABLE_REQUEST W=0, one per M=1 chunk, each under
+//!   MAX-TIME-NO-RESPONSE. Timeout, connect failure or R=1 moves to the next
+//!   mentor (R=1 waits `mentor_retry_interval`); after one round without
+//!   success we are alone. Configured peers are redialled every
+//!   `peer_reconnect_interval`; the audit syncs us once they answer.
+//!   **ASAP is served from the start** (RSPLIB does so; the RFC waits for the
+//!   download): a PE registering meanwhile is fine, resolutions may miss
+//!   PEs for the few round trips of the download. We therefore **never
+//!   reject** list or table requests (R=1): we always have something to say.
+//! - **Learnt PEs** get no expiry of ours (`Expiry::Never`): they live until
+//!   DEL_PE, a takeover or a resync removes them; their owner is the PE's
+//!   home id (the sender if 0). Entries claiming we own a PE we do not track
+//!   are ignored, as are PEs owned by a server that was taken over. An owner
+//!   id we never heard of becomes a peer without address: if it never speaks
+//!   it is probed, declared dead and taken over, so its PEs cannot linger.
+//! - **Handle updates**: ADD_PE after every granted (re-)registration, DEL_PE
+//!   after every removal of a PE we own (deregistration, expiry, keep-alive
+//!   failure, unreachable removal, connection loss), one copy per connected
+//!   peer with receiver id 0. Received ADD_PE adds or replaces; if we owned
+//!   the PE we lose it (no more keep-alives, its connection forgets it).
+//!   Received DEL_PE is applied only when the sender is the PE's current
+//!   owner in our view, so a late DEL_PE from a former home cannot delete a
+//!   PE that moved on. The T flag is accepted and ignored; we never send it.
+//! - **Presence**: every PEER-HEARTBEAT-CYCLE to every connected peer, with
+//!   our own-PE checksum and Server Information (`enrp_transport`, or the
+//!   connection's local address). Reply-required presences are answered.
+//!   Any message (except list/table requests and errors, which tools send
+//!   too) from an unknown server adds it and asks it for a presence. We
+//!   accept receiver id 0 or ours (RSPLIB sets it), and drop others.
+//! - **Failure detection**: after MAX-TIME-LAST-HEARD of silence (or when the
+//!   last connection to a peer closes) a reply-required presence goes out
+//!   (dialling first if needed); no answer within MAX-TIME-NO-RESPONSE: dead.
+//! - **Audit**: a presence checksum different from ours for that sender
+//!   starts a W=1 resync at once (after start-up): mark its PEs, download
+//!   its own PEs chunk by chunk, replace/insert (which unmarks), sweep. One
+//!   resync at a time (the handlespace has one set of marks; others queue);
+//!   a timeout, R=1 or the peer's death aborts and unmarks. Resync entries do
+//!   not override a PE we own with a live registration (ADD_PE does).
+//! - **Takeover**: INIT_TAKEOVER to every connected peer, target included;
+//!   acks awaited from every connected peer not dead or probing (peers that
+//!   die meanwhile are dropped from the wait). A presence from the target
+//!   aborts. Concurrent takeovers: highest id wins. All acks: TAKEOVER_SERVER
+//!   to the others, the target is dropped (kept as a "taken-over" tombstone
+//!   for dumps), its PEs become ours **with an expiry from their
+//!   Registration Life** and no connection; a PE confirms by re-registering
+//!   here (its library hunts when its home dies), otherwise it expires and
+//!   DEL_PE goes out. A PE whose ASAP transport is SCTP is dialled
+//!   ([`Output::Connect`] with [`ConnKind::Sctp`]) and sent a keep-alive with
+//!   H=1 on the new association. A takeover not completed within
+//!   `takeover_timeout`, or someone else's we acked whose TAKEOVER_SERVER
+//!   never came, starts over while the target stays dead.
+//! - **ENRP_ERROR** for unrecognised messages/parameters per their action
+//!   bits (the codec's reports).
 
 mod config;
 mod enrp;
