@@ -64,11 +64,13 @@ impl RegistrarDriver {
 
     /// The registrar's ENRP view as JSON: `{"server_id", "checksum", "pes",
     /// "startup", "peers": [{"id", "address", "state", "checksum",
-    /// "checksum_announced", "pes", "last_heard_ms_ago", "taken_over_by"}]}`.
+    /// "checksum_announced", "pes", "last_heard_ms_ago", "taken_over_by", "connected"}],
+    /// "enrp_stats": {...}}`.
     /// `checksum` of a peer is the one we compute over the PEs we believe it
     /// owns; `checksum_announced` the one its last presence carried.
     pub fn status_json(&self) -> serde_json::Value {
         let now = self.now;
+        let e = self.reg.enrp_stats();
         let peers: Vec<serde_json::Value> = self
             .reg
             .peers()
@@ -84,6 +86,7 @@ impl RegistrarDriver {
                     "pes": p.pes,
                     "last_heard_ms_ago": p.last_heard.map(|t| now.saturating_since(t).as_millis() as u64),
                     "taken_over_by": p.taken_over_by,
+                    "connected": p.conn.is_some(),
                 })
             })
             .collect();
@@ -94,6 +97,18 @@ impl RegistrarDriver {
             "pes": self.reg.pe_count(),
             "startup": format!("{:?}", self.reg.startup_state()),
             "peers": peers,
+            "enrp_stats": {
+                "updates_sent": e.updates_sent,
+                "updates_received": e.updates_received,
+                "unsendable": e.unsendable,
+                "table_requests_sent": e.table_requests_sent,
+                "resyncs": e.resyncs,
+                "resyncs_aborted": e.resyncs_aborted,
+                "swept": e.swept,
+                "peers_dead": e.peers_dead,
+                "takeovers_won": e.takeovers_won,
+                "pes_taken_over": e.pes_taken_over,
+            },
         })
     }
 
