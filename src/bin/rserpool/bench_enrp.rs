@@ -49,6 +49,7 @@ pub struct EnrpBenchArgs {
 const T: Duration = Duration::from_secs(60);
 
 fn config(peers: Vec<SocketAddr>) -> RegistrarConfig {
+    let rsplib = RegistrarConfig::rsplib_profile();
     RegistrarConfig {
         resolution_rate: RateLimit::UNLIMITED,
         max_pes_per_connection: usize::MAX,
@@ -58,7 +59,13 @@ fn config(peers: Vec<SocketAddr>) -> RegistrarConfig {
         keep_alive_interval: Duration::ZERO,
         idle_timeout: Duration::ZERO,
         peers,
-        ..RegistrarConfig::rsplib_profile()
+        // RSPLIB's ENRP timers; Registration Life stays in seconds (the load
+        // generator's PEs live an hour, not 3.6 s).
+        peer_heartbeat_cycle: rsplib.peer_heartbeat_cycle,
+        max_time_last_heard: rsplib.max_time_last_heard,
+        max_time_no_response: rsplib.max_time_no_response,
+        takeover_timeout: rsplib.takeover_timeout,
+        ..RegistrarConfig::default()
     }
 }
 
@@ -127,14 +134,19 @@ fn download(a: &EnrpBenchArgs) -> Result<(), String> {
         for run in 0..a.runs.max(1) {
             let t = Instant::now();
             let new = start(config(vec![enrp_addr(&mentor)]))?;
+            let (mut last, mut since) = (0, Instant::now());
             loop {
                 match progress(&new) {
                     Some((c, true)) if c >= n => break,
+                    Some((c, _)) if c != last => (last, since) = (c, Instant::now()),
                     Some(_) => {}
                     None => return Err("the new registrar stopped".into()),
                 }
-                if t.elapsed() > Duration::from_secs(600) {
-                    return Err("download did not finish in 600 s".into());
+                if since.elapsed() > Duration::from_secs(30) {
+                    let st = new.status_json().unwrap_or_default();
+                    return Err(format!(
+                        "download stalled at {last} of {n} PEs for 30 s: {st}"
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -159,7 +171,7 @@ fn pe(id: u32) -> PoolElement {
     PoolElement {
         id,
         home: 0,
-        reg_life: 3_600_000,
+        reg_life: 3600,
         user_transport: Transport::Tcp {
             port: 20_000,
             transport_use: 0,
