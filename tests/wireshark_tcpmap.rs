@@ -454,10 +454,19 @@ fn verify(file: &Path, port: u16, sent: &Tally) {
     ] {
         assert!(asap.contains_key(&ty), "no ASAP type {ty} in {asap:?}");
     }
-    // One `rserpool dump`: one request, one (small) response.
+    // One `rserpool dump`: one table request and one (small) response, one
+    // ENRP_LIST_REQUEST/RESPONSE, and the implementation-private status
+    // request/response (types 0xf0/0xf1, shown as unknown ENRP types).
     assert_eq!(
         enrp,
-        Tally::from([(HANDLE_TABLE_REQUEST, 1), (HANDLE_TABLE_RESPONSE, 1)])
+        Tally::from([
+            (HANDLE_TABLE_REQUEST, 1),
+            (HANDLE_TABLE_RESPONSE, 1),
+            (rserpool::wire::enrp_type::LIST_REQUEST, 1),
+            (rserpool::wire::enrp_type::LIST_RESPONSE, 1),
+            (rserpool::runtime::registrar::STATUS_REQUEST, 1),
+            (rserpool::runtime::registrar::STATUS_RESPONSE, 1),
+        ])
     );
     // Both sides' INITs on every connection; HEARTBEATs were answered.
     for ty in [1, 3, 4, 5] {

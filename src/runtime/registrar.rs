@@ -9,6 +9,11 @@
 //! println!("listening on {:?}", reg.local_addrs());
 //! reg.stop().unwrap();
 //! ```
+//!
+//! ENRP: [`RegistrarOptions::enrp`] adds ENRP listeners and
+//! [`RegistrarConfig::peers`] names the mentor and peers to dial; the driver
+//! carries the core's [`Output::Connect`] out as [`Action::Connect`] and
+//! reports failures back with `handle_connect_failed`.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -18,23 +23,107 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{
-    Action, ConnId, ConnMeta, Driver, EventLoop, LoopHandle, Proto, RuntimeConfig, StartError,
+    Action, ConnId, ConnMeta, Driver, EndpointUrl, EventLoop, LoopHandle, Proto, RuntimeConfig,
+    StartError,
 };
 use crate::registrar::RegistrarStats;
 use crate::registrar::{self as core, ConnInfo, ConnKind, Output, Registrar, RegistrarConfig};
 use crate::time::Time;
 use crate::wire::{transport_use, PoolElement, PoolHandle, Transport};
 
+/// ENRP message type of the implementation-private status request (sent with
+/// PPID 12 by `rserpool dump`): header only, any flags, length 4. Far above
+/// the IANA-assigned ENRP types (0x01-0x0a); the driver answers it itself, the
+/// protocol core never sees it. A registrar that does not know it ignores it
+/// or answers with an ENRP_ERROR.
+pub const STATUS_REQUEST: u8 = 0xf0;
+/// Type of the answer to [`STATUS_REQUEST`]: a 4-byte ENRP-style header
+/// (type, flags 0, length) followed by a UTF-8 JSON object, see
+/// [`RegistrarDriver::status_json`].
+pub const STATUS_RESPONSE: u8 = 0xf1;
+
 /// The sans-IO [`Registrar`] plugged into the event loop.
 #[derive(Debug)]
 pub struct RegistrarDriver {
     reg: Registrar,
+    /// The latest time the loop gave us (for connects that fail at once).
+    now: Time,
+    /// Answers to status requests, sent before the core's output.
+    status_out: Vec<(ConnId, Vec<u8>)>,
 }
 
 impl RegistrarDriver {
     /// Wrap a registrar.
     pub fn new(reg: Registrar) -> Self {
-        RegistrarDriver { reg }
+        RegistrarDriver {
+            reg,
+            now: Time::ZERO,
+            status_out: Vec::new(),
+        }
+    }
+
+    /// The registrar's ENRP view as JSON: `{"server_id", "checksum", "pes",
+    /// "startup", "peers": [{"id", "address", "state", "checksum",
+    /// "checksum_announced", "pes", "last_heard_ms_ago", "taken_over_by", "connected"}],
+    /// "enrp_stats": {...}}`.
+    /// `checksum` of a peer is the one we compute over the PEs we believe it
+    /// owns; `checksum_announced` the one its last presence carried.
+    pub fn status_json(&self) -> serde_json::Value {
+        let now = self.now;
+        let e = self.reg.enrp_stats();
+        let peers: Vec<serde_json::Value> = self
+            .reg
+            .peers()
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "id": p.id,
+                    "id_hex": format!("0x{:08x}", p.id),
+                    "address": p.addr.map(|a| a.to_string()),
+                    "state": p.state.name(),
+                    "checksum": p.checksum_held,
+                    "checksum_announced": p.checksum_announced,
+                    "pes": p.pes,
+                    "last_heard_ms_ago": p.last_heard.map(|t| now.saturating_since(t).as_millis() as u64),
+                    "taken_over_by": p.taken_over_by,
+                    "connected": p.conn.is_some(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "server_id": self.reg.server_id(),
+            "server_id_hex": format!("0x{:08x}", self.reg.server_id()),
+            "checksum": self.reg.own_checksum(),
+            "pes": self.reg.pe_count(),
+            "startup": format!("{:?}", self.reg.startup_state()),
+            "peers": peers,
+            "enrp_stats": {
+                "updates_sent": e.updates_sent,
+                "updates_received": e.updates_received,
+                "unsendable": e.unsendable,
+                "table_requests_sent": e.table_requests_sent,
+                "resyncs": e.resyncs,
+                "resyncs_aborted": e.resyncs_aborted,
+                "swept": e.swept,
+                "peers_dead": e.peers_dead,
+                "takeovers_won": e.takeovers_won,
+                "pes_taken_over": e.pes_taken_over,
+            },
+        })
+    }
+
+    fn status_message(&self) -> Vec<u8> {
+        let mut body = self.status_json().to_string().into_bytes();
+        let max = usize::from(u16::MAX) - 4;
+        if body.len() > max {
+            // Too many peers for one message: say so instead of cutting JSON.
+            body = br#"{"error":"status too large for one message"}"#.to_vec();
+        }
+        let len = (body.len() + 4) as u16;
+        let mut msg = vec![STATUS_RESPONSE, 0];
+        msg.extend_from_slice(&len.to_be_bytes());
+        msg.extend_from_slice(&body);
+        msg
     }
 
     /// The registrar.
@@ -49,6 +138,7 @@ fn to_core(c: ConnId) -> core::ConnId {
 
 impl Driver for RegistrarDriver {
     fn on_connected(&mut self, conn: ConnId, meta: &ConnMeta, now: Time) {
+        self.now = self.now.max(now);
         let info = ConnInfo {
             kind: match meta.proto {
                 Proto::Tcp => ConnKind::Tcp,
@@ -61,14 +151,27 @@ impl Driver for RegistrarDriver {
     }
 
     fn on_message(&mut self, conn: ConnId, ppid: u32, msg: &[u8], now: Time) {
+        self.now = self.now.max(now);
+        if ppid == core::PPID_ENRP && msg.first() == Some(&STATUS_REQUEST) {
+            let answer = self.status_message();
+            self.status_out.push((conn, answer));
+            return;
+        }
         self.reg.handle_message(to_core(conn), ppid, msg, now);
     }
 
     fn on_closed(&mut self, conn: ConnId, now: Time) {
+        self.now = self.now.max(now);
         self.reg.handle_closed(to_core(conn), now);
     }
 
+    fn on_connect_failed(&mut self, conn: ConnId, now: Time) {
+        self.now = self.now.max(now);
+        self.reg.handle_connect_failed(to_core(conn), now);
+    }
+
     fn on_timeout(&mut self, now: Time) {
+        self.now = self.now.max(now);
         self.reg.handle_timeout(now);
     }
 
@@ -77,7 +180,21 @@ impl Driver for RegistrarDriver {
     }
 
     fn poll_action(&mut self) -> Option<Action> {
-        Some(match self.reg.poll_output()? {
+        if let Some((conn, msg)) = self.status_out.pop() {
+            return Some(Action::Send {
+                conn,
+                ppid: core::PPID_ENRP,
+                msg,
+            });
+        }
+        let out = self.reg.poll_output()?;
+        Some(self.action_of(out))
+    }
+}
+
+impl RegistrarDriver {
+    fn action_of(&self, out: Output) -> Action {
+        match out {
             Output::Send { conn, ppid, msg } => Action::Send {
                 conn: ConnId(conn.0),
                 ppid,
@@ -106,11 +223,7 @@ impl Driver for RegistrarDriver {
                 conn: ConnId(conn.0),
                 addrs: vec![addr],
             },
-        })
-    }
-
-    fn on_connect_failed(&mut self, conn: ConnId, now: Time) {
-        self.reg.handle_connect_failed(to_core(conn), now);
+        }
     }
 }
 
@@ -119,8 +232,16 @@ impl Driver for RegistrarDriver {
 pub struct RegistrarOptions {
     /// The protocol core's timers and limits.
     pub registrar: RegistrarConfig,
-    /// Listening endpoints, TCP mapping timers, buffer bounds, announce group.
+    /// Listening endpoints (ASAP), TCP mapping timers, buffer bounds, announce group.
     pub runtime: RuntimeConfig,
+    /// ENRP endpoints to listen on for peer registrars (TCP mapping, PPID 12;
+    /// SCTP once the runtime has it). Bound after the ASAP ones. The first one
+    /// fills [`RegistrarConfig::enrp_transport`] when that is unset. Empty: no
+    /// dedicated ENRP listener (peers can still reach us on an ASAP endpoint,
+    /// the core tells the protocols apart by PPID; and we still dial the
+    /// configured [`RegistrarConfig::peers`]; Server Information then names
+    /// the first ASAP endpoint).
+    pub enrp: Vec<EndpointUrl>,
     /// The server identifier; `None` = random, non-zero.
     pub server_id: Option<u32>,
     /// Seed of the registrar's PRNG; `None` = random.
@@ -205,12 +326,31 @@ pub(crate) fn group_urls(addrs: &[(Proto, SocketAddr)]) -> Vec<String> {
     out.iter().map(|u| u.to_string()).collect()
 }
 
+/// Our ENRP transport for Server Information: the first ENRP listener (a
+/// wildcard address stays unspecified: peers then use the packet source).
+fn enrp_transport_of(addrs: &[(Proto, SocketAddr)]) -> Option<Transport> {
+    let &(proto, a) = addrs.first()?;
+    Some(match proto {
+        Proto::Tcp => Transport::Tcp {
+            port: a.port(),
+            transport_use: transport_use::DATA_ONLY,
+            addr: a.ip(),
+        },
+        Proto::Sctp => Transport::Sctp {
+            port: a.port(),
+            transport_use: transport_use::DATA_ONLY,
+            addrs: vec![a.ip()],
+        },
+    })
+}
+
 /// A registrar running on its own thread. Dropping it stops it.
 #[derive(Debug)]
 pub struct RegistrarHandle {
     handle: LoopHandle<RegistrarDriver>,
     thread: Option<JoinHandle<io::Result<()>>>,
     addrs: Vec<(Proto, SocketAddr)>,
+    enrp_addrs: Vec<(Proto, SocketAddr)>,
     server_id: u32,
 }
 
@@ -231,13 +371,25 @@ impl RegistrarHandle {
             rcfg.announce_interval = Some(Duration::from_secs(1)); // T6
         }
         let origin = Instant::now();
-        let ev = EventLoop::new_with(opts.runtime, origin, |addrs| {
+        let mut runtime = opts.runtime;
+        let n_asap = runtime.listen.len();
+        runtime.listen.extend(opts.enrp.iter().cloned());
+        let ev = EventLoop::new_with(runtime, origin, |addrs| {
+            // One bound address per TCP URL, in order: ASAP first, then ENRP.
+            let (asap, enrp) = addrs.split_at(n_asap.min(addrs.len()));
             if rcfg.announce_transports.is_empty() {
-                rcfg.announce_transports = announce_transports(addrs);
+                rcfg.announce_transports = announce_transports(asap);
+            }
+            if rcfg.enrp_transport.is_none() {
+                // Without an ENRP listener, peers reach us on the first ASAP
+                // endpoint (the core tells ASAP and ENRP apart by PPID).
+                rcfg.enrp_transport = enrp_transport_of(if enrp.is_empty() { asap } else { enrp });
             }
             RegistrarDriver::new(Registrar::new(rcfg, server_id, seed, Time::ZERO))
         })?;
-        let addrs = ev.local_addrs().to_vec();
+        let all = ev.local_addrs().to_vec();
+        let (asap, enrp) = all.split_at(n_asap.min(all.len()));
+        let (addrs, enrp_addrs) = (asap.to_vec(), enrp.to_vec());
         let handle = ev.handle();
         let thread = std::thread::Builder::new()
             .name("rserpool-registrar".into())
@@ -253,13 +405,40 @@ impl RegistrarHandle {
             handle,
             thread: Some(thread),
             addrs,
+            enrp_addrs,
             server_id,
         })
     }
 
-    /// The listening addresses, ephemeral ports resolved.
+    /// The ASAP listening addresses, ephemeral ports resolved.
     pub fn local_addrs(&self) -> &[(Proto, SocketAddr)] {
         &self.addrs
+    }
+
+    /// The ENRP listening addresses ([`RegistrarOptions::enrp`]), ephemeral
+    /// ports resolved.
+    pub fn enrp_addrs(&self) -> &[(Proto, SocketAddr)] {
+        &self.enrp_addrs
+    }
+
+    /// The ENRP listening addresses as URLs.
+    pub fn enrp_urls(&self) -> Vec<String> {
+        self.enrp_addrs
+            .iter()
+            .map(|&(p, a)| super::url::url_of(p, a))
+            .collect()
+    }
+
+    /// The registrar's ENRP peers (`None` if the loop is gone).
+    pub fn peers(&self) -> Option<Vec<core::PeerInfo>> {
+        self.handle
+            .query(QUERY_TIMEOUT, |d, _| d.registrar().peers())
+    }
+
+    /// The registrar's ENRP view as [`RegistrarDriver::status_json`] gives it
+    /// (`None` if the loop is gone).
+    pub fn status_json(&self) -> Option<serde_json::Value> {
+        self.handle.query(QUERY_TIMEOUT, |d, _| d.status_json())
     }
 
     /// The listening addresses as URLs (`tcp://127.0.0.1:40123`,

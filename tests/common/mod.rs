@@ -24,6 +24,8 @@ pub struct Proc {
     pub url: String,
     pub addr: SocketAddr,
     pub server_id: u32,
+    /// The first "listening enrp" endpoint, when --enrp was given.
+    pub enrp: Option<String>,
     stderr: Option<std::thread::JoinHandle<String>>,
 }
 
@@ -56,6 +58,7 @@ impl Proc {
             }
         });
         let mut server_id = 0;
+        let mut enrp = None;
         let deadline = Instant::now() + T;
         let url = loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -63,6 +66,9 @@ impl Proc {
                 Ok(line) => {
                     if let Some(h) = line.strip_prefix("server id 0x") {
                         server_id = u32::from_str_radix(h.trim(), 16).unwrap();
+                    }
+                    if let Some(u) = line.strip_prefix("listening enrp ") {
+                        enrp.get_or_insert_with(|| u.trim().to_string());
                     }
                     if let Some(u) = line.strip_prefix("listening asap ") {
                         break u.trim().to_string();
@@ -84,6 +90,7 @@ impl Proc {
             url,
             addr,
             server_id,
+            enrp,
             stderr: Some(err_thread),
         }
     }
@@ -303,4 +310,80 @@ pub fn lib_dir() -> PathBuf {
         profile.display()
     );
     profile
+}
+
+/// `rserpool dump --json` of a registrar, parsed.
+pub fn dump_json(url: &str) -> serde_json::Value {
+    let (code, out, err) = cli(&["dump", "--registrar", url, "--json", "--timeout", "20"]);
+    assert_eq!(code, 0, "dump failed: {err}");
+    serde_json::from_str(&out).expect("dump prints JSON")
+}
+
+/// The registrar's ENRP status (server id, own checksum, PE count, start-up
+/// state, peers) through the private status request `rserpool dump` uses.
+pub fn status(addr: SocketAddr) -> Option<serde_json::Value> {
+    use rserpool::runtime::registrar::{STATUS_REQUEST, STATUS_RESPONSE};
+    let mut c = TcpMapClient::connect(addr, T).ok()?;
+    c.send(rserpool::registrar::PPID_ENRP, &[STATUS_REQUEST, 0, 0, 4])
+        .ok()?;
+    let deadline = Instant::now() + T;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (_, m) = c.recv(left).ok()?;
+        if m.first() == Some(&STATUS_RESPONSE) && m.len() >= 4 {
+            return serde_json::from_slice(&m[4..]).ok();
+        }
+    }
+}
+
+/// Register PEs `ids` in `pool` at `addr`, pipelined over `conns` connections
+/// (each gets a contiguous share), and return the connections (the PEs live as
+/// long as they stay open, unless the registrar keeps them). Panics on any
+/// rejection.
+pub fn register_many(
+    addr: SocketAddr,
+    pool: &str,
+    ids: std::ops::Range<u32>,
+    conns: usize,
+    reg_life: i32,
+) -> Vec<TcpMapClient> {
+    let n = ids.len();
+    let per = n.div_ceil(conns.max(1)).max(1);
+    let all: Vec<u32> = ids.collect();
+    let mut out = Vec::new();
+    let handles: Vec<_> = all
+        .chunks(per)
+        .map(|chunk| {
+            let chunk = chunk.to_vec();
+            let pool = pool.to_string();
+            std::thread::spawn(move || {
+                let mut c = TcpMapClient::connect(addr, T).expect("connect");
+                for (i, &id) in chunk.iter().enumerate() {
+                    let m = reg(
+                        &pool,
+                        pe(id, 1024 + (id % 60000) as u16, Policy::RoundRobin, reg_life),
+                    );
+                    c.queue(rserpool::registrar::PPID_ASAP, &m.to_bytes())
+                        .expect("queue");
+                    if i % 256 == 255 {
+                        c.flush().expect("send");
+                    }
+                }
+                c.flush().expect("send");
+                let mut got = 0;
+                while got < chunk.len() {
+                    let m = next(&mut c, is_reg_resp);
+                    if let AsapMessage::RegistrationResponse { reject: true, .. } = m {
+                        panic!("registration rejected: {m:?}");
+                    }
+                    got += 1;
+                }
+                c
+            })
+        })
+        .collect();
+    for h in handles {
+        out.push(h.join().expect("registering thread"));
+    }
+    out
 }

@@ -13,6 +13,9 @@ pub enum BenchCommand {
     Handlespace(HandlespaceArgs),
     /// A registrar over TCP: registrations/s, resolutions/s, latency percentiles.
     Registrar(crate::bench_registrar::RegistrarBenchArgs),
+    /// ENRP between in-process registrars: download by a new registrar,
+    /// update propagation latency, takeover time.
+    Enrp(crate::bench_enrp::EnrpBenchArgs),
 }
 
 /// Policy used by the handlespace benchmark.
@@ -49,6 +52,7 @@ pub fn run(c: BenchCommand) -> i32 {
     match c {
         BenchCommand::Handlespace(a) => handlespace(a),
         BenchCommand::Registrar(a) => crate::bench_registrar::run(a),
+        BenchCommand::Enrp(a) => crate::bench_enrp::run(a),
     }
 }
 

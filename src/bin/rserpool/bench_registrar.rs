@@ -108,7 +108,7 @@ fn resolution_ok(ppid: u32, m: &[u8]) -> bool {
 
 /// Phase 1: every connection registers its share, `window` outstanding.
 /// Returns the connections: closing them would remove their PEs.
-fn register_all(
+pub(crate) fn register_all(
     addr: SocketAddr,
     a: &RegistrarBenchArgs,
 ) -> Result<(Vec<TcpMapClient>, usize, f64), String> {

@@ -35,7 +35,9 @@ pub struct DumpArgs {
     /// The registrar, e.g. tcp://127.0.0.1:3863 or sctp://10.0.0.1,10.0.1.1:3863.
     #[arg(long, default_value = "tcp://127.0.0.1:3863")]
     pub registrar: String,
-    /// Print JSON: {"pools": [...], "elements": [{id, pool, transport, home, policy, life, ...}]}.
+    /// Print JSON: {"pools": [...], "elements": [{id, pool, transport, home,
+    /// policy, life, ...}], "server_id", "checksum", "peers": [{id, address,
+    /// state, checksum, checksum_announced, pes, last_heard_ms_ago, taken_over_by}]}.
     #[arg(long)]
     pub json: bool,
     /// Seconds to wait for the connection and for each answer.
@@ -226,6 +228,104 @@ pub fn fetch_table(
     Err("the handle table never ended".into())
 }
 
+/// The registrar's ENRP peers: first the implementation-private status request
+/// (every field: id, address, state, checksums, PE counts), answered by
+/// this crate's registrar; any other registrar gets the standard
+/// ENRP_LIST_REQUEST (ids and addresses only; state and checksums unknown).
+/// Returns (the registrar's own status or null, the peers).
+pub fn fetch_peers(c: &mut Client, timeout: Duration) -> Result<(Value, Vec<Value>), String> {
+    use rserpool::runtime::registrar::{STATUS_REQUEST, STATUS_RESPONSE};
+    c.send(rserpool::registrar::PPID_ENRP, &[STATUS_REQUEST, 0, 0, 4])
+        .map_err(|e| format!("sending: {e}"))?;
+    let list = EnrpMessage {
+        sender: 0,
+        receiver: 0,
+        body: EnrpBody::ListRequest,
+    };
+    c.send_enrp(&list).map_err(|e| format!("sending: {e}"))?;
+    let deadline = Instant::now() + timeout;
+    let mut status: Option<Value> = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (ppid, msg) = match c.recv(left) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err("no peer list from the registrar in time".into())
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        if ppid != rserpool::registrar::PPID_ENRP {
+            continue;
+        }
+        if msg.first() == Some(&STATUS_RESPONSE) && msg.len() >= 4 {
+            status = serde_json::from_slice(&msg[4..]).ok();
+            continue;
+        }
+        let Ok(rserpool::wire::Decoded {
+            msg:
+                EnrpMessage {
+                    sender,
+                    body: EnrpBody::ListResponse { servers, .. },
+                    ..
+                },
+            ..
+        }) = EnrpMessage::decode(&msg)
+        else {
+            continue;
+        };
+        if let Some(st) = status {
+            let peers = st
+                .get("peers")
+                .and_then(|p| p.as_array())
+                .cloned()
+                .unwrap_or_default();
+            return Ok((st, peers));
+        }
+        let peers = servers
+            .iter()
+            .map(|si| {
+                let addr = si
+                    .transport
+                    .port()
+                    .zip(si.transport.addrs().first().copied())
+                    .map(|(p, ip)| std::net::SocketAddr::new(ip, p).to_string());
+                json!({
+                    "id": si.server_id,
+                    "id_hex": format!("0x{:08x}", si.server_id),
+                    "address": addr,
+                    "state": "unknown",
+                    "checksum": null,
+                })
+            })
+            .collect();
+        return Ok((json!({ "server_id": sender }), peers));
+    }
+}
+
+fn peer_line(p: &Value) -> String {
+    let s = |k: &str| {
+        p.get(k).map_or("-".to_string(), |v| match v {
+            Value::String(s) => s.clone(),
+            Value::Null => "-".to_string(),
+            v => v.to_string(),
+        })
+    };
+    let hex = |k: &str| {
+        p.get(k)
+            .and_then(|v| v.as_u64())
+            .map_or("-".to_string(), |v| format!("0x{v:04x}"))
+    };
+    format!(
+        "  peer {}  {}  {}  checksum {} (announced {})  {} PE(s)",
+        s("id_hex"),
+        s("address"),
+        s("state"),
+        hex("checksum"),
+        hex("checksum_announced"),
+        s("pes"),
+    )
+}
+
 /// `rserpool dump`.
 pub fn dump(a: DumpArgs) -> i32 {
     let timeout = timeout_of(a.timeout);
@@ -234,6 +334,10 @@ pub fn dump(a: DumpArgs) -> i32 {
         Err(e) => return fail(e),
     };
     let pools = match fetch_table(&mut c, timeout) {
+        Ok(p) => p,
+        Err(e) => return fail(format!("registrar {}: {e}", a.registrar)),
+    };
+    let (status, peers) = match fetch_peers(&mut c, timeout) {
         Ok(p) => p,
         Err(e) => return fail(format!("registrar {}: {e}", a.registrar)),
     };
@@ -248,10 +352,24 @@ pub fn dump(a: DumpArgs) -> i32 {
                 "elements": pes.len(),
             })).collect::<Vec<_>>(),
             "elements": elements,
+            "server_id": status.get("server_id"),
+            "checksum": status.get("checksum"),
+            "peers": peers,
         });
         println!("{out}");
     } else {
         let total: usize = pools.iter().map(|(_, p)| p.len()).sum();
+        let id = status.get("server_id").and_then(|v| v.as_u64());
+        let sum = status.get("checksum").and_then(|v| v.as_u64());
+        println!(
+            "registrar {}  own checksum {}  {} peer(s)",
+            id.map_or("?".into(), |v| format!("0x{v:08x}")),
+            sum.map_or("?".into(), |v| format!("0x{v:04x}")),
+            peers.len()
+        );
+        for p in &peers {
+            println!("{}", peer_line(p));
+        }
         println!("handlespace: {} pool(s), {} PE(s)", pools.len(), total);
         for (h, pes) in &pools {
             println!(

@@ -1,6 +1,7 @@
 //! `rserpool`: the command-line front end.
 
 mod bench;
+mod bench_enrp;
 mod bench_registrar;
 mod client;
 mod decode;

@@ -1,5 +1,5 @@
-//! `rserpool registrar`: an ENRP server's ASAP side, over kernel SCTP and the
-//! TCP mapping.
+//! `rserpool registrar`: an ENRP server (ASAP side for PEs and PUs, ENRP side
+//! for peer registrars), over kernel SCTP and the TCP mapping.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -63,6 +63,18 @@ pub struct RegistrarArgs {
     /// the kernel has SCTP.
     #[arg(long = "asap", value_name = "URL")]
     pub asap: Vec<String>,
+    /// ENRP endpoint to listen on for peer registrars: tcp://HOST:PORT (TCP
+    /// mapping, PPID 12; repeatable; port 0 = ephemeral). Default: none, and
+    /// peers then talk ENRP to the first --asap endpoint, which serves both
+    /// protocols (told apart by PPID). RSPLIB's ENRP port is 9901.
+    #[arg(long = "enrp", value_name = "URL")]
+    pub enrp: Vec<String>,
+    /// An ENRP peer to dial (repeatable): its ENRP endpoint, tcp://HOST:PORT.
+    /// The first reachable one is the mentor the handlespace is downloaded
+    /// from at start-up; the others are backups. Default: none (alone until a
+    /// peer dials us).
+    #[arg(long = "peer", value_name = "URL")]
+    pub peer: Vec<String>,
     /// Preset for every timer and limit below.
     #[arg(long, value_enum, default_value_t = Profile::Rfc)]
     pub profile: Profile,
@@ -145,6 +157,34 @@ pub struct RegistrarArgs {
     /// Server announce period (T6), when --announce is on.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub announce_interval: Option<Duration>,
+
+    /// ENRP PEER-HEARTBEAT-CYCLE: period of the presence sent to every peer.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub enrp_peer_heartbeat_cycle: Option<Duration>,
+    /// ENRP MAX-TIME-LAST-HEARD: silence after which a peer is probed.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub enrp_max_time_last_heard: Option<Duration>,
+    /// ENRP MAX-TIME-NO-RESPONSE: wait for an answer to a probe, a list
+    /// request or one handle-table request (an unanswered probe declares the
+    /// peer dead and starts a takeover).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub enrp_max_time_no_response: Option<Duration>,
+    /// ENRP: wait before asking a mentor again after a rejection or a failed round.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub enrp_mentor_retry_interval: Option<Duration>,
+    /// ENRP: how long a takeover waits for every INIT_TAKEOVER_ACK (or for
+    /// another server's TAKEOVER_SERVER after acking) before starting over.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub enrp_takeover_timeout: Option<Duration>,
+    /// ENRP: period of reconnection attempts to configured peers that are down.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub enrp_peer_reconnect_interval: Option<Duration>,
+    /// ENRP: most peers remembered.
+    #[arg(long)]
+    pub enrp_max_peers: Option<usize>,
+    /// Give up an outbound connection (to an ENRP peer) after this long.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub connect_timeout: Option<Duration>,
 
     /// TCP mapping: HEARTBEAT after this long without hearing from the peer (0 = never).
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
@@ -367,6 +407,46 @@ fn defaults() -> Vec<(&'static str, String, String)> {
             ann(p.announce_interval),
         ),
         (
+            "enrp_peer_heartbeat_cycle",
+            fmt_duration(r.peer_heartbeat_cycle),
+            fmt_duration(p.peer_heartbeat_cycle),
+        ),
+        (
+            "enrp_max_time_last_heard",
+            fmt_duration(r.max_time_last_heard),
+            fmt_duration(p.max_time_last_heard),
+        ),
+        (
+            "enrp_max_time_no_response",
+            fmt_duration(r.max_time_no_response),
+            fmt_duration(p.max_time_no_response),
+        ),
+        (
+            "enrp_mentor_retry_interval",
+            fmt_duration(r.mentor_retry_interval),
+            fmt_duration(p.mentor_retry_interval),
+        ),
+        (
+            "enrp_takeover_timeout",
+            fmt_duration(r.takeover_timeout),
+            fmt_duration(p.takeover_timeout),
+        ),
+        (
+            "enrp_peer_reconnect_interval",
+            fmt_duration(r.peer_reconnect_interval),
+            fmt_duration(p.peer_reconnect_interval),
+        ),
+        (
+            "enrp_max_peers",
+            r.max_peers.to_string(),
+            p.max_peers.to_string(),
+        ),
+        (
+            "connect_timeout",
+            fmt_duration(rt.connect_timeout),
+            fmt_duration(rt.connect_timeout),
+        ),
+        (
             "tcp_heartbeat_interval",
             fmt_duration(rt.heartbeat_interval),
             fmt_duration(rt.heartbeat_interval),
@@ -479,6 +559,41 @@ pub fn options(a: &RegistrarArgs) -> Result<RegistrarOptions, String> {
             PeIdMode::Never => KeepAlivePeId::Never,
         };
     }
+    macro_rules! set_enrp {
+        ($($f:ident => $g:ident),*) => { $( if let Some(v) = a.$f { r.$g = v; } )* };
+    }
+    set_enrp!(
+        enrp_peer_heartbeat_cycle => peer_heartbeat_cycle,
+        enrp_max_time_last_heard => max_time_last_heard,
+        enrp_max_time_no_response => max_time_no_response,
+        enrp_mentor_retry_interval => mentor_retry_interval,
+        enrp_takeover_timeout => takeover_timeout,
+        enrp_peer_reconnect_interval => peer_reconnect_interval,
+        enrp_max_peers => max_peers
+    );
+    for s in &a.peer {
+        let u = EndpointUrl::parse(s).map_err(|e| format!("--peer: {e}"))?;
+        if u.proto == Proto::Sctp {
+            return Err(format!(
+                "--peer {s}: ENRP over SCTP is not implemented yet; use tcp://"
+            ));
+        }
+        let addr = u.first();
+        if addr.ip().is_unspecified() || addr.port() == 0 {
+            return Err(format!("--peer {s}: needs a concrete address and port"));
+        }
+        r.peers.push(addr);
+    }
+    let mut enrp = Vec::new();
+    for s in &a.enrp {
+        let u = EndpointUrl::parse(s).map_err(|e| format!("--enrp: {e}"))?;
+        if u.proto == Proto::Sctp {
+            return Err(format!(
+                "--enrp {s}: ENRP over SCTP is not implemented yet; use tcp://"
+            ));
+        }
+        enrp.push(u);
+    }
     if a.no_remove_on_disconnect {
         r.remove_on_connection_loss = false;
     }
@@ -513,6 +628,9 @@ pub fn options(a: &RegistrarArgs) -> Result<RegistrarOptions, String> {
     if let Some(v) = a.max_connections {
         rt.max_connections = v;
     }
+    if let Some(v) = a.connect_timeout {
+        rt.connect_timeout = v.max(Duration::from_millis(1));
+    }
     rt.announce_ttl = a.announce_ttl;
     rt.announce = if a.announce.eq_ignore_ascii_case("off") {
         None
@@ -543,6 +661,7 @@ pub fn options(a: &RegistrarArgs) -> Result<RegistrarOptions, String> {
     Ok(RegistrarOptions {
         registrar: r,
         runtime: rt,
+        enrp,
         server_id: a.server_id,
         rng_seed: a.seed,
     })
@@ -575,6 +694,10 @@ pub fn run(a: RegistrarArgs) -> i32 {
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "server id 0x{:08x}", reg.server_id());
+        // ENRP lines first: tools that wait for "listening asap" then have them.
+        for url in reg.enrp_urls() {
+            let _ = writeln!(out, "listening enrp {url}");
+        }
         for url in reg.local_urls() {
             let _ = writeln!(out, "listening asap {url}");
         }
