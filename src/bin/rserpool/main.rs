@@ -5,9 +5,13 @@ mod bench_enrp;
 mod bench_registrar;
 mod client;
 mod decode;
+mod hugealloc;
 mod registrar;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+#[global_allocator]
+static ALLOC: hugealloc::HugePageAlloc = hugealloc::HugePageAlloc;
 
 #[derive(Parser, Debug)]
 #[command(
