@@ -94,22 +94,68 @@ fn sctp_registrar_is_refused_clearly() {
     assert!(matches!(Context::new(c), Err(Error::Unsupported(_))));
 }
 
+/// Multicast must never leave the machine: the announce test runs only inside
+/// a network namespace of its own (created here with `unshare --net`, holding
+/// nothing but a multicast-enabled loopback), never on the host's interfaces.
+const IN_NETNS: &str = "RSERPOOL_TEST_IN_NETNS";
+
+/// Re-runs test `name` of this binary in a fresh network namespace; false if
+/// that is not possible here (no root, no unshare/ip), after saying why.
+fn run_in_private_netns(name: &str) -> bool {
+    let exe = std::env::current_exe().expect("test binary path");
+    let script = format!(
+        "ip link set lo up && ip link set lo multicast on && \
+         ip route add 224.0.0.0/4 dev lo && exec \"$0\" {name} --exact --nocapture"
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--net", "--", "sh", "-c", &script])
+        .arg(&exe)
+        .env(IN_NETNS, "1")
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                text.contains("1 passed"),
+                "the test did not run in the namespace:\n{text}"
+            );
+            true
+        }
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            if err.contains("unshare failed") || err.contains("Operation not permitted") {
+                eprintln!(
+                    "skipped: cannot create a network namespace here ({})",
+                    err.trim()
+                );
+                return false;
+            }
+            panic!(
+                "announce test failed in its namespace:\n{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                err
+            );
+        }
+        Err(e) => {
+            eprintln!("skipped: unshare not available ({e})");
+            false
+        }
+    }
+}
+
 #[test]
 fn registrars_learned_from_announces() {
-    // A registrar announcing on a multicast group, and a context that knows
-    // no registrar but listens to the group. Skipped where the host has no
-    // multicast route (containers without one).
+    if std::env::var_os(IN_NETNS).is_none() {
+        run_in_private_netns("registrars_learned_from_announces");
+        return;
+    }
+    // In our own network namespace: a registrar announcing on a multicast
+    // group, and a context that knows no registrar but listens to the group.
     let group: std::net::SocketAddr = "239.255.77.77:47311".parse().unwrap();
     let mut opts = RegistrarOptions::default();
     opts.runtime.listen = vec![EndpointUrl::parse("tcp://127.0.0.1:0").unwrap()];
     opts.runtime.announce = Some(group);
-    let reg = match RegistrarHandle::start(opts) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("skipped: no multicast here ({e})");
-            return;
-        }
-    };
+    let reg = RegistrarHandle::start(opts).expect("a registrar announcing on loopback multicast");
     let mut c = Config {
         announce: Some(group),
         ..Config::default()
@@ -117,13 +163,7 @@ fn registrars_learned_from_announces() {
     c.client.t2_registration = Duration::from_secs(3);
     c.client.t5_server_hunt = Duration::from_millis(200);
     c.client.announce_default_port = None;
-    let ctx = match Context::new(c) {
-        Ok(ctx) => ctx,
-        Err(e) => {
-            eprintln!("skipped: cannot join the group ({e})");
-            return;
-        }
-    };
+    let ctx = Context::new(c).expect("a context joining the group on loopback");
     // A second listener on the same group and port (SO_REUSEADDR).
     let c2 = Config {
         announce: Some(group),
