@@ -375,6 +375,12 @@ typedef struct rserpool_config rserpool_config;
 typedef struct rserpool_context rserpool_context;
 
 /**
+ * An embedded registrar: opaque; made by `rserpool_registrar_start`, ended
+ * with `rserpool_registrar_stop`.
+ */
+typedef struct rserpool_registrar rserpool_registrar;
+
+/**
  * A pool member selection policy and its values (RFC 5356). Only the values
  * the type uses are read; set the others to 0.
  */
@@ -506,6 +512,56 @@ typedef struct rserpool_server_info {
    */
   struct rserpool_addr addrs[RSERPOOL_MAX_ADDRS];
 } rserpool_server_info;
+
+/**
+ * What to start. Fill it with `rserpool_registrar_params_init`, then set
+ * what you need. The arrays and strings are read during
+ * `rserpool_registrar_start` only and stay the caller's.
+ */
+typedef struct rserpool_registrar_params {
+  /**
+   * ASAP endpoints to listen on: `tcp://HOST:PORT` (the TCP mapping) or
+   * `sctp://HOST[,HOST...]:PORT` (kernel SCTP); port 0 picks a free port.
+   * `asap_count` 0 means the default: `tcp://0.0.0.0:3863`.
+   */
+  const char *const *asap_urls;
+  /**
+   * Number of entries in `asap_urls`.
+   */
+  size_t asap_count;
+  /**
+   * ENRP endpoints to listen on for peer registrars (`tcp://HOST:PORT`);
+   * may be empty (peers then reach the first ASAP endpoint).
+   */
+  const char *const *enrp_urls;
+  /**
+   * Number of entries in `enrp_urls`.
+   */
+  size_t enrp_count;
+  /**
+   * ENRP endpoints of peer registrars (`tcp://HOST:PORT`); the first one is
+   * the mentor.
+   */
+  const char *const *peer_urls;
+  /**
+   * Number of entries in `peer_urls`.
+   */
+  size_t peer_count;
+  /**
+   * `RSERPOOL_PROFILE_RFC` (default) or `RSERPOOL_PROFILE_RSPLIB`
+   * (RSPLIB's timers and Registration Life in milliseconds).
+   */
+  uint32_t profile;
+  /**
+   * `RSERPOOL_REGLIFE_SECONDS` or `RSERPOOL_REGLIFE_MILLISECONDS`; applied
+   * after the profile.
+   */
+  uint32_t reglife_unit;
+  /**
+   * The server identifier; 0 = random.
+   */
+  uint32_t server_id;
+} rserpool_registrar_params;
 
 #ifdef __cplusplus
 extern "C" {
@@ -857,6 +913,85 @@ int rserpool_decode_json(const uint8_t *msg,
  * Thread-safe.
  */
 const char *rserpool_strerror(int code);
+
+/**
+ * Fills `params` with the defaults: the RFC profile, Registration Life in
+ * seconds, a random server id, no endpoints given (TCP 3863 on all
+ * addresses).
+ *
+ * Returns RSERPOOL_OK or RSERPOOL_ERR_NULL_POINTER. Thread-safe.
+ *
+ * # Safety
+ * `params` must be valid for writing.
+ */
+int rserpool_registrar_params_init(struct rserpool_registrar_params *params);
+
+/**
+ * Starts a registrar in this process, on a thread of its own, and returns
+ * once every endpoint listens (so a context may use it at once).
+ *
+ * On success `*reg_out` receives a handle the caller owns: end it with
+ * `rserpool_registrar_stop` (exactly once). The registrar serves ASAP on its
+ * endpoints and ENRP with its peers until then.
+ *
+ * Returns RSERPOOL_OK; RSERPOOL_ERR_NULL_POINTER (`params`, `reg_out`, or a
+ * non-empty URL array that is NULL or holds NULL); RSERPOOL_ERR_INVALID_ARGUMENT
+ * (a URL that does not parse, an unknown profile or unit, an ENRP URL that
+ * is not `tcp://`, a peer without a concrete address and port);
+ * RSERPOOL_ERR_NO_SCTP (an `sctp://` endpoint where the kernel has no SCTP);
+ * RSERPOOL_ERR_OS (binding failed, e.g. the port is in use). Thread-safe.
+ *
+ * # Safety
+ * `params` must point to an initialised `rserpool_registrar_params` whose
+ * arrays hold their counts of NUL-terminated strings; `reg_out` must be
+ * valid for writing.
+ */
+int rserpool_registrar_start(const struct rserpool_registrar_params *params,
+                             struct rserpool_registrar **reg_out);
+
+/**
+ * Writes the `index`-th ASAP endpoint the registrar listens on as a URL
+ * (ephemeral ports resolved, e.g. "tcp://127.0.0.1:40123"), NUL-terminated,
+ * into `buf` of `cap` bytes; `*len` receives its length without the NUL.
+ *
+ * Returns RSERPOOL_OK; RSERPOOL_ERR_NULL_POINTER; RSERPOOL_ERR_INVALID_HANDLE
+ * (stopped or not a registrar); RSERPOOL_ERR_INVALID_ARGUMENT (`index` past
+ * the last endpoint); RSERPOOL_ERR_BUFFER_TOO_SMALL (then `*len` receives the
+ * size needed, NUL included). Thread-safe.
+ *
+ * # Safety
+ * `buf` must have `cap` writable bytes; `len` must be valid for writing.
+ */
+int rserpool_registrar_local_url(const struct rserpool_registrar *reg,
+                                 size_t index,
+                                 char *buf,
+                                 size_t cap,
+                                 size_t *len);
+
+/**
+ * Reads the registrar's server identifier and how many PEs its handlespace
+ * holds now (its own and its peers'). Either output may be NULL.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER (`reg`) or
+ * RSERPOOL_ERR_INVALID_HANDLE. Thread-safe.
+ *
+ * # Safety
+ * Non-NULL outputs must be valid for writing.
+ */
+int rserpool_registrar_info(const struct rserpool_registrar *reg,
+                            uint32_t *server_id,
+                            size_t *pe_count);
+
+/**
+ * Stops the registrar: closes its connections (its PEs then hunt for
+ * another registrar), stops its thread and frees the handle. NULL is
+ * accepted (nothing done).
+ *
+ * Returns RSERPOOL_OK, or RSERPOOL_ERR_INVALID_HANDLE when `reg` was already
+ * stopped or never was a registrar. Must not be called from a context's
+ * callback. Thread-safe; the handle must not be used afterwards.
+ */
+int rserpool_registrar_stop(struct rserpool_registrar *reg);
 
 /**
  * The library version as a static NUL-terminated string, e.g. "0.1.0".

@@ -11,6 +11,7 @@ mod decode;
 pub mod error;
 mod guard;
 mod handles;
+pub mod registrar;
 mod version;
 
 pub use decode::{RSERPOOL_PPID_ASAP, RSERPOOL_PPID_ENRP};
