@@ -372,10 +372,18 @@ impl RegistrarHandle {
         }
         let origin = Instant::now();
         let mut runtime = opts.runtime;
-        let n_asap = runtime.listen.len();
+        // Bound addresses come in URL order, one per TCP URL and one per
+        // address of an SCTP URL (a multi-homed endpoint): ASAP first, then ENRP.
+        let n_asap = runtime
+            .listen
+            .iter()
+            .map(|u| match u.proto {
+                Proto::Sctp => u.addrs.len(),
+                Proto::Tcp => 1,
+            })
+            .sum::<usize>();
         runtime.listen.extend(opts.enrp.iter().cloned());
         let ev = EventLoop::new_with(runtime, origin, |addrs| {
-            // One bound address per TCP URL, in order: ASAP first, then ENRP.
             let (asap, enrp) = addrs.split_at(n_asap.min(addrs.len()));
             if rcfg.announce_transports.is_empty() {
                 rcfg.announce_transports = announce_transports(asap);
