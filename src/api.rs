@@ -325,32 +325,48 @@ const MARGIN: Duration = Duration::from_secs(5);
 
 impl Context {
     /// Start the loop thread. Fails with [`Error::Unsupported`] for `sctp://`
-    /// registrars while the runtime has no kernel SCTP, [`Error::Os`] when a
-    /// socket or thread cannot be created.
+    /// registrars where the kernel has no SCTP, [`Error::Os`] when a socket or
+    /// thread cannot be created.
     pub fn new(config: Config) -> Result<Context, Error> {
         if let Some(u) = config.registrars.iter().find(|u| u.proto == Proto::Sctp) {
-            return Err(Error::Unsupported(format!(
-                "registrar {u}: this build's runtime connects to registrars over TCP only \
-                 (kernel SCTP is not supported yet)"
-            )));
+            if !crate::runtime::probe_sctp().is_available() {
+                return Err(Error::Unsupported(format!(
+                    "registrar {u}: this kernel has no SCTP support"
+                )));
+            }
         }
         let mut ccfg = config.client.clone();
-        ccfg.registrars = config
-            .registrars
-            .iter()
-            .flat_map(|u| u.socket_addrs())
-            .collect();
+        // TCP registrars: every address is a registrar to try. An SCTP
+        // registrar is one multi-homed endpoint: the core knows it by its
+        // first address, and the driver connects to all of them at once.
+        let mut sctp_routes = Vec::new();
+        ccfg.registrars = Vec::new();
+        for u in &config.registrars {
+            let addrs = u.socket_addrs();
+            match u.proto {
+                Proto::Sctp => {
+                    if let Some(&first) = addrs.first() {
+                        ccfg.registrars.push(first);
+                        sctp_routes.push((first, addrs));
+                    }
+                }
+                Proto::Tcp => ccfg.registrars.extend(addrs),
+            }
+        }
         let rt = RuntimeConfig {
             connect_timeout: ccfg.t5_server_hunt.max(Duration::from_millis(100)),
             ..RuntimeConfig::default()
         };
         let origin = Instant::now();
         let client = Client::new(ccfg.clone(), random_u64(), Time::ZERO);
-        let ev = EventLoop::new(rt, origin, ClientDriver::new(client, Waiters::default()))
-            .map_err(|e| match e {
-                StartError::Unsupported(s) => Error::Unsupported(s),
-                StartError::Io { .. } => Error::Os(e.to_string()),
-            })?;
+        let mut driver = ClientDriver::new(client, Waiters::default());
+        for (first, addrs) in sctp_routes {
+            driver = driver.with_sctp_route(first, addrs);
+        }
+        let ev = EventLoop::new(rt, origin, driver).map_err(|e| match e {
+            StartError::Unsupported(s) => Error::Unsupported(s),
+            StartError::Io { .. } => Error::Os(e.to_string()),
+        })?;
         let handle = ev.handle();
         let thread = std::thread::Builder::new()
             .name("rserpool-client".into())

@@ -189,3 +189,47 @@ fn cli_prints_one_line_per_endpoint_with_all_sctp_addresses() {
     let u = EndpointUrl::parse(&seen[1]).unwrap();
     assert_ne!(u.port, 0);
 }
+
+/// The library (api::Context, and so the C API and the bindings) reaches a
+/// registrar over kernel SCTP: a PE registers and a PU resolves it through a
+/// multi-homed `sctp://` registrar URL.
+#[test]
+fn library_context_uses_an_sctp_registrar() {
+    use rserpool::api::{Config, Context, PeParams};
+    if no_sctp() {
+        return;
+    }
+    let mut o = RegistrarOptions::default();
+    o.runtime.listen = vec![EndpointUrl::parse("sctp://127.0.0.1,127.0.0.2:0").unwrap()];
+    let reg = RegistrarHandle::start(o).unwrap();
+    let url = reg.local_urls()[0].clone();
+    assert!(url.starts_with("sctp://127.0.0.1,127.0.0.2:"), "{url}");
+    let mut c = Config::default();
+    c.add_registrar(&url).unwrap();
+    c.client.t1_request = Duration::from_secs(5);
+    c.client.t2_registration = Duration::from_secs(5);
+    let ctx = Context::new(c).expect("a context with an SCTP registrar");
+    let pe = PeParams::new(
+        "SctpPool",
+        Transport::Tcp {
+            port: 7300,
+            transport_use: 0,
+            addr: IpAddr::from([127, 0, 0, 1]),
+        },
+        Policy::RoundRobin,
+    );
+    let id = ctx.register_pe(pe).expect("registered over SCTP");
+    let s = ctx
+        .get_primary_server(b"SctpPool")
+        .expect("resolved over SCTP");
+    assert_eq!(s.pe_id, id);
+    // The registrar saw the PE over SCTP: its ASAP transport is SCTP.
+    let pools = reg.pool_elements().unwrap();
+    let pe = &pools[0].1[0];
+    assert!(
+        matches!(pe.asap_transport, Some(Transport::Sctp { .. })),
+        "{:?}",
+        pe.asap_transport
+    );
+    ctx.deregister(id).unwrap();
+}

@@ -570,7 +570,7 @@ fn with_config(
 /// RSERPOOL_ERR_INVALID_HANDLE, or RSERPOOL_ERR_INVALID_ARGUMENT (not a
 /// URL, port 0, wildcard address, name that does not resolve). An `sctp://`
 /// URL is accepted here; `rserpool_context_new` fails with
-/// RSERPOOL_ERR_NO_SCTP while the library cannot reach registrars over SCTP.
+/// RSERPOOL_ERR_NO_SCTP where the kernel has no SCTP.
 /// Thread-safe; `url` is not kept.
 ///
 /// # Safety
@@ -763,7 +763,7 @@ pub extern "C" fn rserpool_config_set_profile(cfg: *mut rserpool_config, profile
 ///
 /// Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
 /// RSERPOOL_ERR_INVALID_HANDLE (`cfg`), RSERPOOL_ERR_NO_SCTP (an `sctp://`
-/// registrar while the library cannot connect over SCTP) or RSERPOOL_ERR_OS
+/// registrar where the kernel has no SCTP) or RSERPOOL_ERR_OS
 /// (thread, socket or announce group setup failed).
 ///
 /// # Safety

@@ -42,6 +42,9 @@ pub struct ClientDriver<H> {
     to_core: HashMap<ConnId, asap::ConnId>,
     to_loop: HashMap<asap::ConnId, ConnId>,
     actions: VecDeque<Action>,
+    /// Registrars reached over kernel SCTP: the address the core knows them
+    /// by (the first of the endpoint) to every address of the endpoint.
+    sctp_routes: HashMap<SocketAddr, Vec<SocketAddr>>,
 }
 
 impl<H: ClientHandler> ClientDriver<H> {
@@ -52,8 +55,16 @@ impl<H: ClientHandler> ClientDriver<H> {
             handler,
             to_core: HashMap::new(),
             to_loop: HashMap::new(),
+            sctp_routes: HashMap::new(),
             actions: VecDeque::new(),
         }
+    }
+
+    /// Reach the registrar the core knows as `first` over kernel SCTP, at all
+    /// of `addrs` (one multi-homed association) instead of over TCP.
+    pub fn with_sctp_route(mut self, first: SocketAddr, addrs: Vec<SocketAddr>) -> Self {
+        self.sctp_routes.insert(first, addrs);
+        self
     }
 
     /// The core.
@@ -103,7 +114,14 @@ impl<H: ClientHandler> ClientDriver<H> {
                 let id = ConnId::driver(conn.0);
                 self.to_core.insert(id, conn);
                 self.to_loop.insert(conn, id);
-                self.actions.push_back(Action::Connect { conn: id, addr });
+                let action = match self.sctp_routes.get(&addr) {
+                    Some(all) => Action::ConnectSctp {
+                        conn: id,
+                        addrs: all.clone(),
+                    },
+                    None => Action::Connect { conn: id, addr },
+                };
+                self.actions.push_back(action);
             }
             Output::Send { conn, ppid, msg } => {
                 if let Some(&id) = self.to_loop.get(&conn) {
