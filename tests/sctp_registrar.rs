@@ -233,3 +233,64 @@ fn library_context_uses_an_sctp_registrar() {
     );
     ctx.deregister(id).unwrap();
 }
+
+/// Two registrars peer over ENRP on kernel SCTP (PPID 12, as RSPLIB speaks
+/// it): a PE registered at one is resolvable at the other.
+#[test]
+fn enrp_between_registrars_over_sctp() {
+    if no_sctp() {
+        return;
+    }
+    let start = |peer: Option<SocketAddr>| {
+        let mut o = RegistrarOptions::default();
+        o.runtime.listen = vec![EndpointUrl::parse("tcp://127.0.0.1:0").unwrap()];
+        o.enrp = vec![EndpointUrl::parse("sctp://127.0.0.1:0").unwrap()];
+        o.registrar = rserpool::registrar::RegistrarConfig::rsplib_profile();
+        o.registrar.reg_life_unit = rserpool::registrar::RegLifeUnit::Seconds;
+        if let Some(p) = peer {
+            o.registrar.peers.push(p);
+            o.registrar.sctp_peers.push(p);
+        }
+        RegistrarHandle::start(o).unwrap()
+    };
+    let a = start(None);
+    let a_enrp = a.enrp_addrs()[0];
+    assert_eq!(a_enrp.0, Proto::Sctp);
+    let b = start(Some(a_enrp.1));
+    let a_asap = a.local_addrs()[0].1;
+    let b_asap = b.local_addrs()[0].1;
+    let mut pe = rserpool::runtime::blocking::TcpMapClient::connect(a_asap, T).unwrap();
+    let reply = register(
+        &mut pe,
+        "SctpEnrp",
+        common::pe(0x51, 7400, Policy::RoundRobin, 300),
+    );
+    assert!(
+        matches!(
+            reply,
+            AsapMessage::RegistrationResponse { reject: false, .. }
+        ),
+        "{reply:?}"
+    );
+    // B learns it over the SCTP peer association.
+    let deadline = std::time::Instant::now() + T;
+    let mut pu = rserpool::runtime::blocking::TcpMapClient::connect(b_asap, T).unwrap();
+    loop {
+        let ids: Vec<u32> = match ask(&mut pu, &resolve("SctpEnrp", None), is_resolution) {
+            AsapMessage::HandleResolutionResponse { elements, .. } => {
+                elements.iter().map(|e| e.id).collect()
+            }
+            other => panic!("{other:?}"),
+        };
+        if ids == vec![0x51] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never saw the PE: {ids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let peers = b.peers().unwrap();
+    assert!(peers.iter().any(|p| p.id == a.server_id()), "{peers:?}");
+}

@@ -143,6 +143,10 @@ pub struct RegistrarConfig {
     /// and redialled while unreachable. Empty (default): alone until a peer
     /// connects to us.
     pub peers: Vec<SocketAddr>,
+    /// Those of [`RegistrarConfig::peers`] to reach over kernel SCTP (ENRP
+    /// with PPID 12, as RSPLIB speaks it) rather than over TCP with the TCP
+    /// mapping. Default: none.
+    pub sctp_peers: Vec<SocketAddr>,
     /// Our own ENRP endpoint, sent in Server Information (presence, list
     /// responses). `None` (default): the local address of the connection the
     /// message goes out on, as a TCP or SCTP transport like the connection.
@@ -208,6 +212,7 @@ impl Default for RegistrarConfig {
             announce_interval: None,
             announce_transports: Vec::new(),
             peers: Vec::new(),
+            sctp_peers: Vec::new(),
             enrp_transport: None,
             peer_heartbeat_cycle: Duration::from_secs(30),
             max_time_last_heard: Duration::from_secs(61),

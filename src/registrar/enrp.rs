@@ -452,6 +452,9 @@ impl Registrar {
     }
 
     fn kind_of(&self, addr: SocketAddr) -> ConnKind {
+        if self.config.sctp_peers.contains(&addr) {
+            return ConnKind::Sctp;
+        }
         self.enrp
             .peers
             .values()

@@ -235,7 +235,7 @@ pub struct RegistrarOptions {
     /// Listening endpoints (ASAP), TCP mapping timers, buffer bounds, announce group.
     pub runtime: RuntimeConfig,
     /// ENRP endpoints to listen on for peer registrars (TCP mapping, PPID 12;
-    /// SCTP once the runtime has it). Bound after the ASAP ones. The first one
+    /// or kernel SCTP with PPID 12). Bound after the ASAP ones. The first one
     /// fills [`RegistrarConfig::enrp_transport`] when that is unset. Empty: no
     /// dedicated ENRP listener (peers can still reach us on an ASAP endpoint,
     /// the core tells the protocols apart by PPID; and we still dial the

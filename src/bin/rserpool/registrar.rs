@@ -64,12 +64,14 @@ pub struct RegistrarArgs {
     #[arg(long = "asap", value_name = "URL")]
     pub asap: Vec<String>,
     /// ENRP endpoint to listen on for peer registrars: tcp://HOST:PORT (TCP
-    /// mapping, PPID 12; repeatable; port 0 = ephemeral). Default: none, and
+    /// mapping, PPID 12) or sctp://HOST[,HOST...]:PORT (kernel SCTP, PPID 12,
+    /// as RSPLIB; repeatable; port 0 = ephemeral). Default: none, and
     /// peers then talk ENRP to the first --asap endpoint, which serves both
     /// protocols (told apart by PPID). RSPLIB's ENRP port is 9901.
     #[arg(long = "enrp", value_name = "URL")]
     pub enrp: Vec<String>,
-    /// An ENRP peer to dial (repeatable): its ENRP endpoint, tcp://HOST:PORT.
+    /// An ENRP peer to dial (repeatable): its ENRP endpoint, tcp://HOST:PORT
+    /// or sctp://HOST:PORT.
     /// The first reachable one is the mentor the handlespace is downloaded
     /// from at start-up; the others are backups. Default: none (alone until a
     /// peer dials us).
@@ -573,25 +575,21 @@ pub fn options(a: &RegistrarArgs) -> Result<RegistrarOptions, String> {
     );
     for s in &a.peer {
         let u = EndpointUrl::parse(s).map_err(|e| format!("--peer: {e}"))?;
-        if u.proto == Proto::Sctp {
-            return Err(format!(
-                "--peer {s}: ENRP over SCTP is not implemented yet; use tcp://"
-            ));
-        }
         let addr = u.first();
         if addr.ip().is_unspecified() || addr.port() == 0 {
             return Err(format!("--peer {s}: needs a concrete address and port"));
+        }
+        if u.proto == Proto::Sctp {
+            if !probe_sctp().is_available() {
+                return Err(format!("--peer {s}: this kernel has no SCTP support"));
+            }
+            r.sctp_peers.push(addr);
         }
         r.peers.push(addr);
     }
     let mut enrp = Vec::new();
     for s in &a.enrp {
         let u = EndpointUrl::parse(s).map_err(|e| format!("--enrp: {e}"))?;
-        if u.proto == Proto::Sctp {
-            return Err(format!(
-                "--enrp {s}: ENRP over SCTP is not implemented yet; use tcp://"
-            ));
-        }
         enrp.push(u);
     }
     if a.no_remove_on_disconnect {
