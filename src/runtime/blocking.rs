@@ -14,6 +14,26 @@ use crate::wire::tcpmap::ppid;
 use crate::wire::tcpmap::{self, Chunk, ChunkDecoder, ChunkRef, DataHeader, InitFlags};
 use crate::wire::{AsapMessage, EnrpMessage};
 
+/// Receive with `recv` until a message with PPID `want` arrives (others are
+/// skipped), then decode it with `decode`; the whole wait is bounded by
+/// `timeout`. Undecodable messages are an `InvalidData` error. Shared by the
+/// TCP-mapping and the SCTP blocking clients.
+pub(crate) fn recv_decoded<T, E: std::fmt::Display>(
+    timeout: Duration,
+    want: u32,
+    mut recv: impl FnMut(Duration) -> io::Result<(u32, Vec<u8>)>,
+    decode: impl Fn(&[u8]) -> Result<T, E>,
+) -> io::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (p, m) = recv(deadline.saturating_duration_since(Instant::now()))?;
+        if p == want {
+            return decode(&m)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+        }
+    }
+}
+
 /// A blocking TCP connection speaking the TCP mapping.
 #[derive(Debug)]
 pub struct TcpMapClient {
@@ -289,30 +309,22 @@ impl TcpMapClient {
     /// The next ASAP message (PPID 11), skipping messages of other PPIDs.
     /// Undecodable ASAP messages are an `InvalidData` error.
     pub fn recv_asap(&mut self, timeout: Duration) -> io::Result<AsapMessage> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let (p, m) = self.recv(left)?;
-            if p == ppid::ASAP {
-                return AsapMessage::decode(&m)
-                    .map(|d| d.msg)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
-            }
-        }
+        recv_decoded(
+            timeout,
+            ppid::ASAP,
+            |t| self.recv(t),
+            |m| AsapMessage::decode(m).map(|d| d.msg),
+        )
     }
 
     /// The next ENRP message (PPID 12), skipping others.
     pub fn recv_enrp(&mut self, timeout: Duration) -> io::Result<EnrpMessage> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let (p, m) = self.recv(left)?;
-            if p == ppid::ENRP {
-                return EnrpMessage::decode(&m)
-                    .map(|d| d.msg)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
-            }
-        }
+        recv_decoded(
+            timeout,
+            ppid::ENRP,
+            |t| self.recv(t),
+            |m| EnrpMessage::decode(m).map(|d| d.msg),
+        )
     }
 
     /// Send an ASAP request and wait for the next ASAP message.

@@ -773,28 +773,22 @@ impl SctpClient {
 
     /// The next ASAP message (PPID 11), skipping messages of other PPIDs.
     pub fn recv_asap(&mut self, timeout: Duration) -> io::Result<AsapMessage> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let (p, m) = self.recv(deadline.saturating_duration_since(Instant::now()))?;
-            if p == ppid::ASAP {
-                return AsapMessage::decode(&m)
-                    .map(|d| d.msg)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
-            }
-        }
+        super::blocking::recv_decoded(
+            timeout,
+            ppid::ASAP,
+            |t| self.recv(t),
+            |m| AsapMessage::decode(m).map(|d| d.msg),
+        )
     }
 
     /// The next ENRP message (PPID 12), skipping others.
     pub fn recv_enrp(&mut self, timeout: Duration) -> io::Result<EnrpMessage> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let (p, m) = self.recv(deadline.saturating_duration_since(Instant::now()))?;
-            if p == ppid::ENRP {
-                return EnrpMessage::decode(&m)
-                    .map(|d| d.msg)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
-            }
-        }
+        super::blocking::recv_decoded(
+            timeout,
+            ppid::ENRP,
+            |t| self.recv(t),
+            |m| EnrpMessage::decode(m).map(|d| d.msg),
+        )
     }
 
     /// Send an ASAP request and wait for the next ASAP message.
