@@ -321,13 +321,7 @@ impl AsapMessage {
                 error,
                 ..
             } => {
-                pad = pool_handle.encode_param(out);
-                if let Some(p) = policy {
-                    pad = p.encode_param(out);
-                }
-                for pe in elements {
-                    pad = pe.encode_param(out);
-                }
+                pad = encode_pool_listing(pool_handle, policy.as_ref(), elements, out);
                 if let Some(e) = error {
                     pad = encode_operation_error(e, out);
                 }
@@ -358,15 +352,7 @@ impl AsapMessage {
                 pool_handle,
                 policy,
                 elements,
-            } => {
-                pad = pool_handle.encode_param(out);
-                if let Some(p) = policy {
-                    pad = p.encode_param(out);
-                }
-                for pe in elements {
-                    pad = pe.encode_param(out);
-                }
-            }
+            } => pad = encode_pool_listing(pool_handle, policy.as_ref(), elements, out),
             AsapMessage::Error(causes) => pad = encode_operation_error(causes, out),
         }
         end_tlv(out, start, pad);
@@ -533,4 +519,23 @@ pub(crate) fn take_elements(p: &mut Params<'_, '_>) -> Result<Vec<PoolElement>, 
         v.push(decode_pool_element(p.buf(), t, p.unrec())?);
     }
     Ok(v)
+}
+
+/// The body shared by a handle resolution response and a business card: the
+/// pool handle, an optional policy, then the pool elements. Returns the
+/// padding after the last parameter written (for the message Length).
+fn encode_pool_listing(
+    pool_handle: &PoolHandle,
+    policy: Option<&Policy>,
+    elements: &[PoolElement],
+    out: &mut Vec<u8>,
+) -> usize {
+    let mut pad = pool_handle.encode_param(out);
+    if let Some(p) = policy {
+        pad = p.encode_param(out);
+    }
+    for pe in elements {
+        pad = pe.encode_param(out);
+    }
+    pad
 }
