@@ -52,6 +52,19 @@ pub struct rserpool_registrar_params {
 
 static REGISTRARS: Table<Mutex<Option<RegistrarHandle>>> = Table::new(3);
 
+/// Runs `f` on the live registrar named by `reg`, or says why it cannot.
+fn with_registrar<T>(
+    reg: *const rserpool_registrar,
+    f: impl FnOnce(&RegistrarHandle) -> T,
+) -> Result<T, c_int> {
+    let r = REGISTRARS
+        .get(reg as usize)
+        .ok_or(RserpoolErr::InvalidHandle as c_int)?;
+    let guard = r.lock();
+    let h = guard.as_ref().ok_or(RserpoolErr::InvalidHandle as c_int)?;
+    Ok(f(h))
+}
+
 /// Fills `params` with the defaults: the RFC profile, Registration Life in
 /// seconds, a random server id, no endpoints given (TCP 3863 on all
 /// addresses).
@@ -228,14 +241,10 @@ pub unsafe extern "C" fn rserpool_registrar_local_url(
         if reg.is_null() || buf.is_null() || len.is_null() {
             return RserpoolErr::NullPointer as c_int;
         }
-        let Some(r) = REGISTRARS.get(reg as usize) else {
-            return RserpoolErr::InvalidHandle as c_int;
+        let urls = match with_registrar(reg, RegistrarHandle::local_urls) {
+            Ok(u) => u,
+            Err(e) => return e,
         };
-        let guard = r.lock();
-        let Some(h) = guard.as_ref() else {
-            return RserpoolErr::InvalidHandle as c_int;
-        };
-        let urls = h.local_urls();
         let Some(url) = urls.get(index) else {
             return RserpoolErr::InvalidArgument as c_int;
         };
@@ -272,20 +281,17 @@ pub unsafe extern "C" fn rserpool_registrar_info(
         if reg.is_null() {
             return RserpoolErr::NullPointer as c_int;
         }
-        let Some(r) = REGISTRARS.get(reg as usize) else {
-            return RserpoolErr::InvalidHandle as c_int;
+        let (id, pools) = match with_registrar(reg, |h| (h.server_id(), h.pool_elements())) {
+            Ok(v) => v,
+            Err(e) => return e,
         };
-        let guard = r.lock();
-        let Some(h) = guard.as_ref() else {
-            return RserpoolErr::InvalidHandle as c_int;
+        let Some(pools) = pools else {
+            return RserpoolErr::InvalidState as c_int;
         };
-        let count = match h.pool_elements() {
-            Some(pools) => pools.iter().map(|(_, pes)| pes.len()).sum(),
-            None => return RserpoolErr::InvalidState as c_int,
-        };
+        let count: usize = pools.iter().map(|(_, pes)| pes.len()).sum();
         if !server_id.is_null() {
             // SAFETY: checked non-NULL; the caller promises it is writable.
-            unsafe { *server_id = h.server_id() };
+            unsafe { *server_id = id };
         }
         if !pe_count.is_null() {
             // SAFETY: as above.
