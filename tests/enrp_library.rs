@@ -101,6 +101,19 @@ fn active_peers(p: &Proc) -> BTreeSet<u32> {
         .unwrap_or_default()
 }
 
+/// The state of peer `id` in `p`'s status ("" when not listed).
+fn peer_state(p: &Proc, id: u32) -> String {
+    status(p.addr)
+        .and_then(|s| {
+            s["peers"].as_array().and_then(|a| {
+                a.iter()
+                    .find(|x| x["id"] == id)
+                    .and_then(|x| x["state"].as_str().map(str::to_string))
+            })
+        })
+        .unwrap_or_default()
+}
+
 /// Wait until every registrar of `all` sees every other one as active.
 fn wait_meshed(all: &[&Proc]) {
     for p in all {
@@ -460,4 +473,195 @@ fn library_pes_and_pus_ride_through_a_registrar_crash() {
             !h.contains_key(&1) && !h.contains_key(&6) && h.len() == 3
         })
     });
+}
+
+#[test]
+fn a_registrar_restarted_with_a_new_id_takes_its_contexts_back() {
+    let [a, b, c] = trio();
+    // One context per registrar knowing only it, and one knowing all three
+    // that hunts with the default fan-out (three at once: any may win).
+    let only = [context(&[&a], 1), context(&[&b], 1), context(&[&c], 1)];
+    for (i, ctx) in only.iter().enumerate() {
+        register(ctx, 10 + i as u32);
+    }
+    let pe_all = context(&[&a, &b, &c], 3);
+    register(&pe_all, 20);
+    let pu_all = context(&[&a, &b, &c], 3);
+    sees_every_pe(&pu_all, &[10, 11, 12, 20]);
+
+    // Kill the home of the context that knows all three.
+    let home = home_of(&pe_all).expect("a home");
+    let mut regs = vec![a, b, c];
+    let k = regs.iter().position(|p| p.addr == home).unwrap();
+    let mut dead = regs.remove(k);
+    let (old_id, url, enrp) = (dead.server_id, dead.url.clone(), dead.enrp.clone().unwrap());
+    let killed = Instant::now();
+    dead.signal_and_wait(libc::SIGKILL).expect("killed");
+    drop(dead);
+    let survivors: Vec<u32> = regs.iter().map(|p| p.server_id).collect();
+    let orphan = 10 + k as u32;
+    let owned = time_until("the survivors own every PE", killed, || {
+        let h = homes(&regs[0]);
+        h.len() == 4 && h.values().all(|x| survivors.contains(x)) && h == homes(&regs[1])
+    });
+    eprintln!("after SIGKILL: every PE owned by a survivor {owned:?}");
+    assert!(home_of(&pe_all).is_some_and(|h| regs.iter().any(|p| p.addr == h)));
+    sees_every_pe(&pu_all, &[10, 11, 12, 20]);
+
+    // Back at its address with a new server id: it joins as a new peer, the
+    // context that only knows that address registers its PE there.
+    let new = start(&url, &enrp, Some(&regs[0]), &[]);
+    assert_ne!(new.server_id, old_id);
+    let restarted = Instant::now();
+    wait_meshed(&[&regs[0], &regs[1], &new]);
+    let back = time_until(
+        "the lone context's PE is homed at the new server",
+        restarted,
+        || homes(&regs[0]).get(&orphan) == Some(&new.server_id),
+    );
+    eprintln!("restarted with a new id: PE {orphan} homed there {back:?} after the restart");
+    assert_eq!(home_of(&only[k]), Some(new.addr));
+    assert_eq!(only[k].pe_status(orphan), Ok(PeStatus::Registered));
+    for p in [&regs[0], &regs[1], &new] {
+        eventually("every registrar agrees on the homes", || {
+            let h = homes(p);
+            h.len() == 4 && h[&orphan] == new.server_id && !h.values().any(|x| *x == old_id)
+        });
+    }
+    register(&only[k], 30);
+    let pu_new = context(&[&new], 1);
+    sees_every_pe(&pu_new, &[10, 11, 12, 20, 30]);
+    sees_every_pe(&pu_all, &[10, 11, 12, 20, 30]);
+    only[k]
+        .deregister(30)
+        .expect("deregister at the new server");
+}
+
+#[test]
+fn library_pes_and_pus_leave_a_hung_registrar_within_their_timers() {
+    // A registrar that stops answering without closing its connections (a
+    // machine gone, or SIGSTOP here): nothing tells the library but its own
+    // timers — T2 of the next re-registration, T1 of a resolution.
+    let [a, b, c] = trio();
+    let (ida, idb, idc) = (a.server_id, b.server_id, c.server_id);
+    let pe_b_all = context(&[&b, &c, &a], 1);
+    let pe_a_all = context(&[&a, &b, &c], 1);
+    register(&pe_b_all, 1);
+    register(&pe_a_all, 3);
+    let pu_all = context(&[&b, &a, &c], 1);
+    let pu_a = context(&[&a], 1);
+    for p in [&a, &b, &c] {
+        eventually("every registrar holds both PEs", || {
+            homes(p) == [(1, idb), (3, ida)].into()
+        });
+    }
+    sees_every_pe(&pu_all, &[1, 3]);
+    assert_eq!(home_of(&pu_all), Some(b.addr));
+    let watch = Watch::start(
+        vec![("pu_all", pu_all.clone()), ("pu_a", pu_a.clone())],
+        vec![(1, pe_b_all.clone()), (3, pe_a_all.clone())],
+        a.addr,
+    );
+    let pid = libc::pid_t::try_from(b.child.id()).unwrap();
+    let hung = Instant::now();
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let survivors = [a.addr, c.addr];
+    let ids = [ida, idc];
+    // When each of these first held, measured together.
+    let mut first: [Option<Duration>; 4] = [None; 4];
+    time_until("PE 1 and both contexts moved to survivors", hung, || {
+        let (ha, hc) = (homes(&a), homes(&c));
+        let pe_home = home_of(&pe_b_all).filter(|h| survivors.contains(h));
+        let pe_home_id = pe_home.map(|h| if h == a.addr { ida } else { idc });
+        let now = [
+            ha == hc && ha.get(&1).is_some_and(|h| ids.contains(h)),
+            pe_home.is_some(),
+            pe_home_id.is_some_and(|id| ha.get(&1) == Some(&id) && hc.get(&1) == Some(&id)),
+            home_of(&pu_all).is_some_and(|h| survivors.contains(&h)),
+        ];
+        for (f, n) in first.iter_mut().zip(now) {
+            if n && f.is_none() {
+                *f = Some(hung.elapsed());
+            }
+        }
+        first.iter().all(Option::is_some)
+    });
+    eprintln!(
+        "after SIGSTOP: PE 1 owned by a survivor {:?}, PE context on a new home {:?}, \
+         PE 1 homed there {:?}, pool user on a new home {:?}",
+        first[0].unwrap(),
+        first[1].unwrap(),
+        first[2].unwrap(),
+        first[3].unwrap()
+    );
+    pe_b_all.update_load(1, 3).expect("update_load");
+    register(&pe_b_all, 5);
+    sees_every_pe(&pu_all, &[1, 3, 5]);
+    pe_b_all.deregister(5).expect("deregister");
+    std::thread::sleep(Duration::from_secs(2));
+    let seen = watch.finish();
+    eprintln!(
+        "watched {} rounds: PEs absent {:?}, PE problems {}, PU errors {}",
+        seen.rounds,
+        seen.absent,
+        seen.pe_problems.len(),
+        seen.pu_errors.len()
+    );
+    assert!(seen.pu_errors.is_empty(), "{:?}", seen.pu_errors);
+    assert!(seen.pe_problems.is_empty(), "{:?}", seen.pe_problems);
+    assert_eq!(seen.resolution_errors, 0);
+    assert!(
+        seen.absent.is_empty(),
+        "PEs missing at A: {:?}",
+        seen.absent
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+}
+
+#[test]
+fn a_deregistration_at_a_survivor_removes_the_pe_everywhere() {
+    // PE 1's home hangs; its context deregisters it meanwhile: T3 runs out,
+    // the library hunts and sends the deregistration to a survivor, which
+    // has never owned the PE. The PE must go from every registrar, not
+    // linger at the one that takes the hung registrar over until its
+    // (here two-minute) Registration Life runs out.
+    let [a, b, c] = trio();
+    let pe_b_all = context(&[&b, &c, &a], 1);
+    let p = PeParams {
+        pool: POOL.into(),
+        transport: tcp(6001),
+        policy: Policy::RandomizedLeastUsed { load: 0 },
+        reg_life: 120_000,
+        pe_id: Some(1),
+    };
+    assert_eq!(pe_b_all.register_pe(p), Ok(1));
+    for r in [&a, &b, &c] {
+        eventually("every registrar holds PE 1", || {
+            homes(r) == [(1, b.server_id)].into()
+        });
+    }
+    let pid = libc::pid_t::try_from(b.child.id()).unwrap();
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let t = Instant::now();
+    pe_b_all
+        .deregister(1)
+        .expect("deregistered through a survivor");
+    eprintln!("deregistration answered after {:?}", t.elapsed());
+    assert!(home_of(&pe_b_all).is_some_and(|h| h == a.addr || h == c.addr));
+    let gone = time_until("PE 1 is gone at both survivors", t, || {
+        homes(&a).is_empty() && homes(&c).is_empty()
+    });
+    eprintln!("PE 1 gone everywhere after {gone:?}");
+    // And it stays gone once the hung registrar has been taken over.
+    eventually("the hung registrar is taken over", || {
+        [&a, &c]
+            .iter()
+            .all(|p| peer_state(p, b.server_id) == "taken-over")
+    });
+    assert!(homes(&a).is_empty() && homes(&c).is_empty());
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
 }
