@@ -616,8 +616,22 @@ fn library_pes_and_pus_leave_a_hung_registrar_within_their_timers() {
         "PEs missing at A: {:?}",
         seen.absent
     );
+    // B wakes up, taken over while it slept: it rejoins, everyone agrees
+    // on the new homes, and a pool user that knows only B is served.
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
+    wait_meshed(&[&a, &b, &c]);
+    let new_home_id = match home_of(&pe_b_all) {
+        Some(h) if h == a.addr => ida,
+        _ => idc,
+    };
+    for p in [&a, &b, &c] {
+        eventually("all three agree on the new homes", || {
+            homes(p) == [(1, new_home_id), (3, ida)].into()
+        });
+    }
+    sees_every_pe(&context(&[&b], 1), &[1, 3]);
+    assert_eq!(pe_b_all.pe_status(1), Ok(PeStatus::Registered));
 }
 
 #[test]
