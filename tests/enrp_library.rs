@@ -12,11 +12,12 @@
 //! its old server id, or a new one) at its old address, rejoins, and the
 //! contexts that only knew it come back through it.
 //!
-//! Over TCP a registrar cannot open a connection to a library PE (the library
-//! does not listen), so the H=1 keep-alive that follows a takeover over SCTP
-//! cannot reach it: a PE context whose home died hunts, and a PE whose context
-//! knows only the dead registrar lives on at the takeover winner for its
-//! Registration Life and comes back with its registrar.
+//! A registrar cannot open a connection to a library PE (a context does not
+//! listen; the takeover winner dials only SCTP PEs anyway), so the H=1
+//! keep-alive that follows a takeover cannot reach it: a PE context whose
+//! home died hunts, and a PE whose context knows only the dead registrar
+//! lives on at the takeover winner for its Registration Life and comes back
+//! with its registrar.
 //!
 //! Timers: RSPLIB's profile (Registration Life in ms) with small ENRP and
 //! keep-alive timers, so a test takes seconds. The figures printed (time
