@@ -337,6 +337,51 @@ fn reregistration_at_another_registrar_moves_ownership() {
 }
 
 #[test]
+fn deregistering_another_servers_pe_moves_it_here_then_deletes_it_everywhere() {
+    // PE 5 is homed at peer 77 (which died, say); the PE hunted and its
+    // deregistration reaches us. Peers apply DEL_PE only from the owner, so
+    // we announce it as ours first, then delete it.
+    let mut h = H::new(ME);
+    h.connect(1); // the PE's new connection
+    h.connect(2); // peer 77
+    h.connect(3); // peer 88
+    h.presence(2, 77, 0xffff);
+    h.presence(3, 88, 0xffff);
+    h.add(2, 77, 5);
+    assert_eq!(h.r.pool_element(&"P".into(), 5).unwrap().home, 77);
+    let dereg = AsapMessage::Deregistration {
+        pool_handle: "P".into(),
+        pe_id: 5,
+    };
+    h.r.handle_message(ConnId(1), PPID_ASAP, &dereg.to_bytes(), h.now);
+    let out = h.drain();
+    assert!(out.iter().any(|o| matches!(o,
+        Output::Send { conn: ConnId(1), ppid: PPID_ASAP, msg }
+            if matches!(AsapMessage::decode(msg).unwrap().msg,
+                AsapMessage::DeregistrationResponse { error: None, .. }))));
+    assert_eq!(h.r.pe_count(), 0);
+    for peer in [2, 3] {
+        let updates: Vec<(UpdateAction, u32, u32)> = enrp_out(out.clone())
+            .into_iter()
+            .filter(|(c, _)| *c == ConnId(peer))
+            .filter_map(|(_, m)| match m.body {
+                EnrpBody::HandleUpdate { action, pe, .. } => Some((action, pe.id, pe.home)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            updates,
+            [(UpdateAction::ADD_PE, 5, ME), (UpdateAction::DEL_PE, 5, ME)],
+            "to peer conn {peer}"
+        );
+    }
+    // An unknown PE is a success with nothing to tell.
+    h.r.handle_message(ConnId(1), PPID_ASAP, &dereg.to_bytes(), h.now);
+    assert!(enrp_out(h.drain()).is_empty());
+    h.r.check_consistency().unwrap();
+}
+
+#[test]
 fn checksum_mismatch_triggers_w1_resync_that_repairs_missing_and_extra() {
     let mut h = H::new(ME);
     h.connect(2);

@@ -51,6 +51,10 @@
 //!   live PE over by guessing its id.
 //! - **Deregistration** is honoured only from the PE's registration
 //!   connection, or from anyone once that connection is gone (0xa otherwise).
+//!   A PE another server is home of (a PE whose home died hunts and sends its
+//!   deregistration to a survivor) is announced as ours (ADD_PE) and then
+//!   removed (DEL_PE), so every peer drops it; registering it here would move
+//!   it to us just the same.
 //! - **Subscriptions**: a pushed response is built like an answer to the
 //!   original request (same item count). When a subscribed pool disappears the
 //!   push is a negative response (cause 0x9) with A=1, and the subscription
@@ -101,7 +105,8 @@
 //!   it is probed, declared dead and taken over, so its PEs cannot linger.
 //! - **Handle updates**: ADD_PE after every granted (re-)registration, DEL_PE
 //!   after every removal of a PE we own (deregistration, expiry, keep-alive
-//!   failure, unreachable removal, connection loss), one copy per connected
+//!   failure, unreachable removal, connection loss) and ADD_PE + DEL_PE
+//!   after deregistering another server's PE, one copy per connected
 //!   peer with receiver id 0. Received ADD_PE adds or replaces; if we owned
 //!   the PE we lose it (no more keep-alives, its connection forgets it).
 //!   Received DEL_PE is applied only when the sender is the PE's current
@@ -986,7 +991,21 @@ impl Registrar {
             Some(vec![ErrorCause::new(cause::SECURITY)])
         } else {
             self.stats.deregistrations += 1;
+            let foreign = self
+                .space
+                .get(&key.0, key.1)
+                .filter(|pe| pe.home != self.server_id);
             self.remove_pe(&key, Removal::Deregistered);
+            if let Some(mut pe) = foreign {
+                // Another server is its home in our view (it died, or the PE
+                // moved here). Peers take DEL_PE only from the owner, so we
+                // first become the owner, as a registration here would make
+                // us (ADD_PE), then remove it (DEL_PE); otherwise it would
+                // stay everywhere else until its life ran out.
+                pe.home = self.server_id;
+                self.broadcast_update(UpdateAction::ADD_PE, key.0.clone(), pe.clone());
+                self.broadcast_update(UpdateAction::DEL_PE, key.0.clone(), pe);
+            }
             None
         };
         let msg = AsapMessage::DeregistrationResponse {
