@@ -198,6 +198,7 @@ fn registrars_without_peers_find_each_other_by_multicast() {
             "{text}"
         );
     }
+    assert!(text.contains(&format!("enrp multicast {group}")), "{text}");
 
     // Garbage on the group: counted, dropped, nothing breaks.
     let g: SocketAddr = group.parse().unwrap();
@@ -213,6 +214,11 @@ fn registrars_without_peers_find_each_other_by_multicast() {
         assert_eq!(dumped_peers(p).len(), 2);
     }
     assert!(r.iter().all(|p| status(p.addr).is_some()));
+
+    let d = dump_json(&r[0].url);
+    assert_eq!(d["multicast"]["group"], group);
+    assert!(d["enrp_stats"]["multicast_malformed"].as_u64() >= Some(3));
+    assert_eq!(d["multicast"]["send_errors"], 0);
 
     // The registrar on the other group heard nobody, and nobody heard it.
     assert!(dumped_peers(&other).is_empty());

@@ -124,7 +124,8 @@ impl RegistrarDriver {
     /// The registrar's ENRP view as JSON: `{"server_id", "checksum", "pes",
     /// "startup", "peers": [{"id", "address", "state", "checksum",
     /// "checksum_announced", "pes", "last_heard_ms_ago", "taken_over_by", "connected"}],
-    /// "enrp_stats": {...}}`.
+    /// "enrp_stats": {...}, "multicast": null | {"group", "datagrams_sent",
+    /// "send_errors"}}`.
     /// `checksum` of a peer is the one we compute over the PEs we believe it
     /// owns; `checksum_announced` the one its last presence carried.
     pub fn status_json(&self) -> serde_json::Value {
