@@ -5,9 +5,10 @@
 //! Multicast must never leave the machine, so every test here runs only
 //! inside a network namespace it creates itself (`unshare --net`, or
 //! `unshare -rn` without root), holding nothing but a loopback interface with
-//! multicast switched on and a route for 224.0.0.0/4: the test re-executes
-//! its own binary in there. If no namespace can be made the test fails and
-//! says why; it never passes without having run.
+//! multicast switched on and a route for 224.0.0.0/4, and a veth pair
+//! `mc0`/`mc1` for IPv6 (loopback carries no IPv6 multicast): the test
+//! re-executes its own binary in there. If no namespace can be made the test
+//! fails and says why; it never passes without having run.
 
 mod common;
 
@@ -27,7 +28,10 @@ fn run_in_private_netns(name: &str) {
     let exe = std::env::current_exe().expect("test binary path");
     let script = format!(
         "ip link set lo up && ip link set lo multicast on && \
-         ip route add 224.0.0.0/4 dev lo && exec \"$0\" {name} --exact --nocapture --test-threads 1"
+         ip route add 224.0.0.0/4 dev lo && \
+         echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad && \
+         ip link add mc0 type veth peer name mc1 && ip link set mc1 up && ip link set mc0 up && \
+         exec \"$0\" {name} --exact --nocapture --test-threads 1"
     );
     let mut tried = Vec::new();
     // As root a plain network namespace; otherwise one inside a user
@@ -76,15 +80,19 @@ fn in_netns() -> bool {
 }
 
 fn start(group: &str) -> Proc {
+    start_on(group, "tcp://127.0.0.1:0", "127.0.0.1")
+}
+
+fn start_on(group: &str, enrp: &str, interface: &str) -> Proc {
     Proc::start(&[
         "--profile",
         "rsplib",
         "--enrp",
-        "tcp://127.0.0.1:0",
+        enrp,
         "--enrp-multicast",
         group,
         "--enrp-multicast-if",
-        "127.0.0.1",
+        interface,
         "--enrp-peer-heartbeat-cycle",
         "200ms",
         "--keep-alive-interval",
@@ -273,4 +281,24 @@ fn a_late_registrar_learns_everything_from_the_group() {
     let st: Value = status(b.addr).unwrap();
     assert_eq!(st["peers"].as_array().unwrap().len(), 1);
     assert_eq!(st["peers"][0]["id"].as_u64(), Some(u64::from(a.server_id)));
+}
+
+#[test]
+fn an_ipv6_group_on_a_named_interface() {
+    if !in_netns() {
+        return run_in_private_netns("an_ipv6_group_on_a_named_interface");
+    }
+    let group = "[ff15::9001]:47904";
+    let a = start_on(group, "tcp://[::1]:0", "mc0");
+    let b = start_on(group, "tcp://[::1]:0", "mc0");
+    for (p, q) in [(&a, &b), (&b, &a)] {
+        eventually("each finds the other over IPv6 multicast", || {
+            let peers = dumped_peers(p);
+            peers.len() == 1
+                && peers[0].0 == u64::from(q.server_id)
+                && peers[0].1 == "active"
+                && Some(format!("tcp://{}", peers[0].2)) == q.enrp
+        });
+    }
+    assert_eq!(dump_json(&a.url)["multicast"]["send_errors"], 0);
 }

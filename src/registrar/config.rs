@@ -180,8 +180,9 @@ pub struct RegistrarConfig {
     /// our Server Information ([`RegistrarConfig::enrp_transport`]) goes to
     /// the ENRP multicast group ([`super::Output::EnrpMulticast`]), and a
     /// presence received from the group ([`super::Registrar::handle_multicast`])
-    /// from an unknown server adds it as a peer and dials it. Default false;
-    /// the runtime turns it on when it has a group to use.
+    /// from an unknown server adds it as a peer and dials it. Default false.
+    /// `RegistrarHandle::start` sets it from whether
+    /// `RegistrarOptions::enrp_multicast` names a group (it owns the sockets).
     pub enrp_multicast: bool,
     /// Limit on the datagrams taken from the ENRP multicast group, which
     /// nothing authenticates (RFC 5355: expect floods). Over it they are
