@@ -12,8 +12,8 @@ use rserpool::registrar::{
 use rserpool::sim::{registrar_addr, Faults, Node, PeSpec, Sim};
 use rserpool::time::Time;
 use rserpool::wire::{
-    enrp_type, AsapMessage, EnrpBody, EnrpMessage, Policy, PoolElement, PoolHandle, Transport,
-    UpdateAction,
+    enrp_type, AsapMessage, EnrpBody, EnrpMessage, Policy, PoolElement, PoolHandle, ServerInfo,
+    Transport, UpdateAction,
 };
 
 fn fast(peers: Vec<SocketAddr>) -> RegistrarConfig {
@@ -615,4 +615,479 @@ fn connect_ids_come_from_the_cores_namespace() {
     let out: Vec<Output> = std::iter::from_fn(|| r.poll_output()).collect();
     assert!(matches!(&out[..], [Output::Connect { addr, .. }] if *addr == registrar_addr(2)));
     assert_eq!(r.startup_state(), StartupState::Connecting(1));
+}
+
+// ------------------------------------------------ presence multicast
+
+fn multicast(peers: Vec<SocketAddr>) -> RegistrarConfig {
+    RegistrarConfig {
+        enrp_multicast: true,
+        ..fast(peers)
+    }
+}
+
+#[test]
+fn multicast_alone_finds_every_peer_and_converges() {
+    let run = |mcast: bool| {
+        let mut sim = Sim::new(21, Faults::none());
+        for _ in 0..3 {
+            sim.add_registrar(RegistrarConfig {
+                enrp_multicast: mcast,
+                ..fast(vec![])
+            });
+        }
+        for (id, home) in [(1, 0), (2, 1), (3, 2), (4, 2)] {
+            sim.add_pe(spec("P", id, home));
+        }
+        sim.run_for(Duration::from_secs(5)).unwrap();
+        sim
+    };
+    // Control: without the group nobody knows anybody.
+    let alone = run(false);
+    assert!(alone.check_converged().is_err());
+    assert!((0..3).all(|i| alone.registrar(i).unwrap().peers().is_empty()));
+
+    let sim = run(true);
+    sim.check_converged().unwrap();
+    let mut discovered = 0;
+    for i in 0..3 {
+        let r = sim.registrar(i).unwrap();
+        assert_eq!(r.pe_count(), 4, "slot {i}");
+        let peers = r.peers();
+        assert_eq!(peers.len(), 2, "slot {i}: {peers:?}");
+        for p in &peers {
+            assert_eq!(p.state, PeerState::Active, "slot {i}: {p:?}");
+            assert_eq!(p.checksum_announced, Some(p.checksum_held));
+            assert_eq!(p.addr.map(|a| a.port()), Some(9901));
+        }
+        let e = r.enrp_stats();
+        // Its own presences came back to it (the sim loops the group back).
+        assert!(e.multicast_sent > 0 && e.multicast_ignored > 0, "{e:?}");
+        assert_eq!(e.multicast_malformed, 0);
+        discovered += e.peers_discovered;
+    }
+    // Every pair met through the group at least once; the first presence of
+    // each goes out at its start, so most meet both ways.
+    assert!(discovered >= 3, "{discovered}");
+    assert!(sim
+        .sent_types
+        .contains_key(&(Node::Reg(2), 0, enrp_type::PRESENCE)));
+}
+
+#[test]
+fn multicast_late_joiner_syncs_and_silent_death_is_taken_over() {
+    let mut sim = Sim::new(
+        22,
+        Faults {
+            loss: 0.0,
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+            reorder: 0.0,
+            fault_interval: None,
+        },
+    );
+    sim.add_registrar_with_id(multicast(vec![]), 10);
+    sim.add_registrar_with_id(multicast(vec![]), 20);
+    for (id, home) in [(1, 0), (2, 0), (3, 1)] {
+        sim.add_pe(spec("P", id, home));
+    }
+    sim.run_for(Duration::from_secs(3)).unwrap();
+    sim.check_converged().unwrap();
+    // A newcomer configured with nothing but the group gets everything.
+    sim.add_registrar_with_id(multicast(vec![]), 30);
+    sim.run_for(Duration::from_secs(3)).unwrap();
+    sim.check_converged().unwrap();
+    assert_eq!(sim.registrar(2).unwrap().pe_count(), 3);
+    assert_eq!(sim.registrar(2).unwrap().peers().len(), 2);
+    // A silent death: found by probing as for configured peers, taken over
+    // by the highest id, and its PEs move on.
+    sim.crash(0, false);
+    sim.run_for(Duration::from_secs(10)).unwrap();
+    for i in 1..3 {
+        let r = sim.registrar(i).unwrap();
+        let dead = r.peers().into_iter().find(|p| p.id == 10).unwrap();
+        assert_eq!(dead.state, PeerState::TakenOver, "slot {i}");
+        assert_eq!(dead.taken_over_by, Some(30));
+    }
+    sim.check_converged().unwrap();
+}
+
+/// A registrar core on the group, alone, with its ENRP endpoint at
+/// 10.0.0.1:9901.
+fn mcast_core(cfg: RegistrarConfig) -> H {
+    let mut h = H {
+        r: Registrar::new(
+            RegistrarConfig {
+                enrp_multicast: true,
+                enrp_transport: Some(Transport::Tcp {
+                    port: 9901,
+                    transport_use: 0,
+                    addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+                }),
+                ..cfg
+            },
+            ME,
+            1,
+            Time::ZERO,
+        ),
+        now: Time::ZERO,
+    };
+    // The first presence goes out at once.
+    h.r.handle_timeout(Time::ZERO);
+    let out = h.drain();
+    assert!(
+        matches!(&out[..], [Output::EnrpMulticast { .. }]),
+        "{out:?}"
+    );
+    h
+}
+
+fn tcp_info(sender: u32, ip: [u8; 4], port: u16) -> Option<ServerInfo> {
+    Some(ServerInfo {
+        server_id: sender,
+        transport: Transport::Tcp {
+            port,
+            transport_use: 0,
+            addr: IpAddr::from(ip),
+        },
+    })
+}
+
+fn presence_bytes(sender: u32, receiver: u32, server_info: Option<ServerInfo>) -> Vec<u8> {
+    EnrpMessage {
+        sender,
+        receiver,
+        body: EnrpBody::Presence {
+            reply_required: false,
+            checksum: Some(0xffff),
+            server_info,
+        },
+    }
+    .to_bytes()
+}
+
+fn src(last: u8) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, last)), 40000)
+}
+
+impl H {
+    fn mcast(&mut self, bytes: &[u8], from: SocketAddr) -> Vec<Output> {
+        self.r.handle_multicast(bytes, from, self.now);
+        self.drain()
+    }
+}
+
+#[test]
+fn multicast_presence_goes_out_every_heartbeat_cycle() {
+    let mut r = Registrar::new(
+        RegistrarConfig {
+            enrp_multicast: true,
+            enrp_transport: Some(Transport::Tcp {
+                port: 9901,
+                transport_use: 0,
+                addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            }),
+            ..fast(vec![])
+        },
+        ME,
+        1,
+        Time::ZERO,
+    );
+    let mut sent = Vec::new();
+    let mut now = Time::ZERO;
+    while now <= Time::from_millis(3500) {
+        if r.poll_timeout().is_some_and(|t| t <= now) {
+            r.handle_timeout(now);
+            while let Some(o) = r.poll_output() {
+                let Output::EnrpMulticast { msg } = o else {
+                    panic!("{o:?}")
+                };
+                sent.push((now, EnrpMessage::decode(&msg).unwrap().msg));
+            }
+        }
+        now = now + Duration::from_millis(10);
+    }
+    // At 0 s, then every PEER-HEARTBEAT-CYCLE (1 s).
+    let at: Vec<u64> = sent.iter().map(|(t, _)| t.as_micros() / 1000).collect();
+    assert_eq!(at, [0, 1000, 2000, 3000]);
+    let m = &sent[0].1;
+    assert_eq!((m.sender, m.receiver), (ME, 0));
+    assert_eq!(
+        m.body,
+        EnrpBody::Presence {
+            reply_required: false,
+            checksum: Some(r.own_checksum()),
+            server_info: tcp_info(ME, [10, 0, 0, 1], 9901),
+        }
+    );
+    // Without an endpoint to name, nothing is sent.
+    let mut quiet = Registrar::new(multicast(vec![]), ME, 1, Time::ZERO);
+    quiet.handle_timeout(Time::ZERO);
+    assert_eq!(quiet.poll_output(), None);
+    assert_eq!(quiet.enrp_stats().multicast_sent, 0);
+    // And never without the switch.
+    let mut off = Registrar::new(fast(vec![]), ME, 1, Time::ZERO);
+    assert_eq!(off.poll_timeout(), None);
+    off.handle_timeout(Time::from_secs(100));
+    assert_eq!(off.poll_output(), None);
+}
+
+#[test]
+fn multicast_presence_from_an_unknown_server_adds_and_dials_it() {
+    let mut h = mcast_core(fast(vec![]));
+    let out = h.mcast(
+        &presence_bytes(77, 0, tcp_info(77, [10, 0, 0, 77], 9901)),
+        src(77),
+    );
+    let [Output::Connect { conn, addr, kind }] = &out[..] else {
+        panic!("{out:?}")
+    };
+    let conn = *conn;
+    assert_eq!(*addr, "10.0.0.77:9901".parse().unwrap());
+    assert_eq!(*kind, ConnKind::Tcp);
+    let p = &h.r.peers()[0];
+    assert_eq!(
+        (p.id, p.addr, p.state),
+        (77, Some(*addr), PeerState::Connecting)
+    );
+    assert_eq!(h.r.enrp_stats().peers_discovered, 1);
+    // Its next presence while we connect: no second dial.
+    let again = h.mcast(
+        &presence_bytes(77, 0, tcp_info(77, [10, 0, 0, 77], 9901)),
+        src(77),
+    );
+    assert!(again.is_empty(), "{again:?}");
+    // Connected: we introduce ourselves and ask for its peers.
+    h.r.handle_connected(conn, info(1), h.now);
+    let sent = enrp_out(h.drain());
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent.iter().all(|(c, _)| *c == conn));
+    assert!(matches!(
+        sent[0].1.body,
+        EnrpBody::Presence {
+            reply_required: true,
+            ..
+        }
+    ));
+    assert_eq!(sent[1].1.body, EnrpBody::ListRequest);
+    // It answers: an active peer like any other.
+    let m = EnrpMessage {
+        sender: 77,
+        receiver: ME,
+        body: EnrpBody::Presence {
+            reply_required: false,
+            checksum: Some(0xffff),
+            server_info: tcp_info(77, [10, 0, 0, 77], 9901),
+        },
+    };
+    h.r.handle_message(conn, PPID_ENRP, &m.to_bytes(), h.now);
+    h.drain();
+    assert_eq!(h.r.peers()[0].state, PeerState::Active);
+    assert_eq!(h.r.peers()[0].conn, Some(conn));
+
+    // A wildcard ENRP address means the datagram's source; RSPLIB's SCTP
+    // endpoint (and its receiver id set to us) is dialled over SCTP.
+    let out = h.mcast(
+        &presence_bytes(78, 0, tcp_info(78, [0, 0, 0, 0], 9902)),
+        src(78),
+    );
+    assert!(
+        matches!(&out[..], [Output::Connect { addr, kind: ConnKind::Tcp, .. }] if *addr == "10.0.0.78:9902".parse().unwrap()),
+        "{out:?}"
+    );
+    let sctp = Some(ServerInfo {
+        server_id: 79,
+        transport: Transport::Sctp {
+            port: 9901,
+            transport_use: 0,
+            addrs: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, 79))],
+        },
+    });
+    let out = h.mcast(&presence_bytes(79, ME, sctp), src(79));
+    assert!(
+        matches!(&out[..], [Output::Connect { addr, kind: ConnKind::Sctp, .. }] if *addr == "10.0.0.79:9901".parse().unwrap()),
+        "{out:?}"
+    );
+    assert_eq!(h.r.enrp_stats().peers_discovered, 3);
+    assert_eq!(h.r.enrp_stats().multicast_received, 4);
+    h.r.check_consistency().unwrap();
+}
+
+#[test]
+fn multicast_ignores_itself_other_messages_and_garbage() {
+    let mut h = mcast_core(fast(vec![]));
+    let before = h.r.enrp_stats();
+    // Our own presence, looped back by the kernel.
+    let own = presence_bytes(ME, 0, tcp_info(ME, [10, 0, 0, 1], 9901));
+    assert!(h.mcast(&own, src(1)).is_empty());
+    // Not a presence; for another receiver; server 0; no Server Information;
+    // Server Information of another server; a port of 0.
+    let update = EnrpMessage {
+        sender: 77,
+        receiver: 0,
+        body: EnrpBody::HandleUpdate {
+            takeover_suggested: false,
+            action: UpdateAction::ADD_PE,
+            pool_handle: "P".into(),
+            pe: pe(1, 77),
+        },
+    }
+    .to_bytes();
+    for bytes in [
+        update,
+        presence_bytes(77, 999, tcp_info(77, [10, 0, 0, 77], 9901)),
+        presence_bytes(0, 0, tcp_info(0, [10, 0, 0, 77], 9901)),
+        presence_bytes(77, 0, None),
+        presence_bytes(77, 0, tcp_info(78, [10, 0, 0, 77], 9901)),
+        presence_bytes(77, 0, tcp_info(77, [10, 0, 0, 77], 0)),
+    ] {
+        let out = h.mcast(&bytes, src(77));
+        assert!(out.is_empty(), "{out:?}");
+    }
+    // Garbage: counted as malformed, never answered.
+    let good = presence_bytes(77, 0, tcp_info(77, [10, 0, 0, 77], 9901));
+    let mut garbage: Vec<Vec<u8>> = vec![vec![], vec![1], vec![0xff; 64]];
+    garbage.push(good[..good.len() - 3].to_vec()); // truncated
+    let mut wrong_len = good.clone();
+    wrong_len[3] = wrong_len[3].wrapping_add(8);
+    garbage.push(wrong_len);
+    let mut asap = good.clone();
+    asap[0] = 0x0b; // no such ENRP type
+    garbage.push(asap);
+    for g in &garbage {
+        assert!(h.mcast(g, src(77)).is_empty());
+    }
+    let e = h.r.enrp_stats();
+    assert!(h.r.peers().is_empty(), "{:?}", h.r.peers());
+    assert_eq!(e.peers_discovered, 0);
+    assert_eq!(e.multicast_malformed - before.multicast_malformed, 6);
+    assert_eq!(e.multicast_ignored - before.multicast_ignored, 7);
+    // The 3 presences of 77 counted as received, then dropped.
+    assert_eq!(e.multicast_received, 3);
+    assert_eq!(e.sent, 0);
+    h.r.check_consistency().unwrap();
+
+    // A registrar without the switch takes nothing from a group.
+    let mut off = H::new(ME);
+    assert!(off.mcast(&good, src(77)).is_empty());
+    assert!(off.r.peers().is_empty());
+    assert_eq!(off.r.enrp_stats().multicast_ignored, 1);
+}
+
+#[test]
+fn multicast_floods_and_strangers_are_bounded() {
+    let mut h = mcast_core(RegistrarConfig {
+        multicast_rate: rserpool::registrar::RateLimit {
+            per_sec: 1,
+            burst: 3,
+        },
+        max_peers: 2,
+        ..fast(vec![])
+    });
+    let mut dials = 0;
+    for id in 1..=5u32 {
+        let b = presence_bytes(id, 0, tcp_info(id, [10, 0, 0, id as u8], 9901));
+        dials += h
+            .mcast(&b, src(id as u8))
+            .iter()
+            .filter(|o| matches!(o, Output::Connect { .. }))
+            .count();
+    }
+    let e = h.r.enrp_stats();
+    // Three datagrams through the bucket, two of them new peers (the limit).
+    assert_eq!(e.multicast_rate_limited, 2);
+    assert_eq!((dials, e.peers_discovered), (2, 2));
+    assert_eq!(h.r.peers().len(), 2);
+    // A second later the bucket has one more token; the peer list is full.
+    h.now = Time::from_secs(1);
+    let b = presence_bytes(9, 0, tcp_info(9, [10, 0, 0, 9], 9901));
+    assert!(h.mcast(&b, src(9)).is_empty());
+    assert_eq!(h.r.enrp_stats().multicast_rate_limited, 2);
+    assert_eq!(h.r.peers().len(), 2);
+}
+
+#[test]
+fn multicast_gives_an_address_to_a_peer_known_without_one() {
+    let mut h = mcast_core(fast(vec![]));
+    // Peer 50 tells us about a PE owned by 88, a server we never heard.
+    h.connect(1);
+    h.presence(1, 50, 0xffff);
+    let m = EnrpMessage {
+        sender: 50,
+        receiver: 0,
+        body: EnrpBody::HandleUpdate {
+            takeover_suggested: false,
+            action: UpdateAction::ADD_PE,
+            pool_handle: "P".into(),
+            pe: pe(5, 88),
+        },
+    };
+    h.r.handle_message(ConnId(1), PPID_ENRP, &m.to_bytes(), h.now);
+    h.drain();
+    let owner = h.r.peers().into_iter().find(|p| p.id == 88).unwrap();
+    assert_eq!((owner.addr, owner.conn), (None, None));
+    // Its presence on the group says where it is: dialled at once.
+    let out = h.mcast(
+        &presence_bytes(88, 0, tcp_info(88, [10, 0, 0, 88], 9901)),
+        src(88),
+    );
+    assert!(
+        matches!(&out[..], [Output::Connect { addr, .. }] if *addr == "10.0.0.88:9901".parse().unwrap()),
+        "{out:?}"
+    );
+    let owner = h.r.peers().into_iter().find(|p| p.id == 88).unwrap();
+    assert_eq!(owner.addr, Some("10.0.0.88:9901".parse().unwrap()));
+    assert_eq!(h.r.enrp_stats().peers_discovered, 0);
+    // A known, connected peer's presence changes nothing (unicast decides).
+    let out = h.mcast(
+        &presence_bytes(50, 0, tcp_info(50, [10, 0, 0, 66], 9901)),
+        src(66),
+    );
+    assert!(out.is_empty(), "{out:?}");
+}
+
+mod multicast_prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any datagrams: no panic, every output is a well-formed ENRP
+        /// message or a dial, the core stays consistent.
+        #[test]
+        fn arbitrary_datagrams_never_panic(
+            grams in proptest::collection::vec(
+                (proptest::collection::vec(any::<u8>(), 0..80), any::<bool>(), 0u64..2_000_000),
+                1..40)
+        ) {
+            let mut h = mcast_core(fast(vec![]));
+            for (mut bytes, fix, dt) in grams {
+                if fix && bytes.len() >= 12 {
+                    // A plausible ENRP header half the time.
+                    let n = u16::try_from(bytes.len()).unwrap();
+                    bytes[2..4].copy_from_slice(&n.to_be_bytes());
+                    bytes[0] %= 0x0c;
+                }
+                h.now = h.now + Duration::from_micros(dt);
+                let mut out = h.mcast(&bytes, src(9));
+                h.r.handle_timeout(h.now);
+                out.extend(h.drain());
+                for o in out {
+                    match o {
+                        Output::Send { ppid, msg, .. } => {
+                            prop_assert_eq!(ppid, PPID_ENRP);
+                            EnrpMessage::decode(&msg).expect("decodes");
+                        }
+                        Output::EnrpMulticast { msg } => {
+                            EnrpMessage::decode(&msg).expect("decodes");
+                        }
+                        Output::Connect { .. } | Output::Close { .. } => {}
+                        Output::Announce { .. } => prop_assert!(false, "announce"),
+                    }
+                }
+                h.r.check_consistency().map_err(TestCaseError::fail)?;
+            }
+        }
+    }
 }

@@ -40,16 +40,25 @@ fn pe(i: usize, regs: usize) -> PeSpec {
     }
 }
 
+/// How the registrars of a run learn of each other.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Discovery {
+    /// Every other slot configured as a peer.
+    Configured,
+    /// Nothing configured: the ENRP multicast group only.
+    Multicast,
+}
+
 /// One seeded run; Err carries the reason and the final state.
-fn run(seed: u64) -> Result<Sim, Box<(String, Sim)>> {
+fn run(seed: u64, how: Discovery) -> Result<Sim, Box<(String, Sim)>> {
     let mut sim = None;
-    match run_inner(seed, &mut sim) {
+    match run_inner(seed, how, &mut sim) {
         Ok(()) => Ok(sim.expect("set")),
         Err(e) => Err(Box::new((e, sim.expect("set")))),
     }
 }
 
-fn run_inner(seed: u64, out: &mut Option<Sim>) -> Result<(), String> {
+fn run_inner(seed: u64, how: Discovery, out: &mut Option<Sim>) -> Result<(), String> {
     let regs = 2 + (seed % 3) as usize; // 2..4 registrars
     let pes = 4 + (seed % 7) as usize;
     let faults = Faults {
@@ -61,7 +70,14 @@ fn run_inner(seed: u64, out: &mut Option<Sim>) -> Result<(), String> {
     };
     let sim = out.insert(Sim::new(seed, faults));
     for i in 0..regs {
-        sim.add_registrar(fast(i, regs));
+        sim.add_registrar(match how {
+            Discovery::Configured => fast(i, regs),
+            Discovery::Multicast => RegistrarConfig {
+                peers: Vec::new(),
+                enrp_multicast: true,
+                ..fast(i, regs)
+            },
+        });
     }
     for i in 0..pes {
         sim.add_pe(pe(i, regs));
@@ -120,16 +136,29 @@ fn quiet_network_converges() {
 
 #[test]
 fn many_seeds_converge() {
+    seeds_converge(Discovery::Configured, 60);
+}
+
+/// The same faults (crashes and restarts with new ids, partitions, loss on
+/// the group too) with registrars that know each other only from the ENRP
+/// multicast group. Replay: `RSERPOOL_SIM_SEED=N cargo test --test enrp_sim
+/// multicast -- --nocapture`.
+#[test]
+fn many_seeds_converge_with_multicast_discovery() {
+    seeds_converge(Discovery::Multicast, 40);
+}
+
+fn seeds_converge(how: Discovery, default_seeds: u64) {
     let seeds: Vec<u64> = match std::env::var("RSERPOOL_SIM_SEED") {
         Ok(s) => vec![s.parse().expect("RSERPOOL_SIM_SEED is a number")],
         Err(_) => match std::env::var("RSERPOOL_SIM_SEEDS") {
             Ok(n) => (0..n.parse().expect("RSERPOOL_SIM_SEEDS is a number")).collect(),
-            Err(_) => (0..60).collect(),
+            Err(_) => (0..default_seeds).collect(),
         },
     };
     let mut failures = Vec::new();
     for seed in seeds {
-        match run(seed) {
+        match run(seed, how) {
             Ok(sim) => {
                 if std::env::var("RSERPOOL_SIM_SEED").is_ok() {
                     println!("seed {seed}: ok");

@@ -10,7 +10,8 @@
 //!   [`Registrar::startup_state`], [`Registrar::enrp_stats`], ...;
 //! - `handle_*`: network and timer input ([`Registrar::handle_connected`],
 //!   [`Registrar::handle_message`], [`Registrar::handle_closed`],
-//!   [`Registrar::handle_timeout`], [`Registrar::handle_connect_failed`]);
+//!   [`Registrar::handle_timeout`], [`Registrar::handle_connect_failed`],
+//!   [`Registrar::handle_multicast`]);
 //! - `poll_*`: after **every** `handle_*` call drain [`Registrar::poll_output`]
 //!   until `None`, then arm a timer for [`Registrar::poll_timeout`].
 //!
@@ -142,6 +143,22 @@
 //!   never came, starts over while the target stays dead.
 //! - **ENRP_ERROR** for unrecognised messages/parameters per their action
 //!   bits (the codec's reports).
+//! - **Presence multicast** (opt-in, [`RegistrarConfig::enrp_multicast`];
+//!   RFC 5351 §3.1 mentions it, RFC 5353 does not specify it, RSPLIB does
+//!   it): at start and every PEER-HEARTBEAT-CYCLE an ENRP_PRESENCE with our
+//!   checksum and Server Information (`enrp_transport`; none is sent without
+//!   one) goes out as [`Output::EnrpMulticast`], a bare ENRP message per UDP
+//!   datagram, receiver id 0. [`Registrar::handle_multicast`] takes the
+//!   group's datagrams: a presence from an unknown server (receiver 0 or
+//!   us) adds it as a peer at the endpoint its Server Information names
+//!   (unspecified or no address: the datagram's source) and dials it; on
+//!   connection the usual presence exchange starts the checksum audit
+//!   (W=1 resyncs both ways) and an ENRP_LIST_REQUEST brings its peers.
+//!   The group only introduces servers: a known peer's liveness, checksum
+//!   and address are judged over unicast (anyone can send to a group), except
+//!   that a peer without an address gets one and a peer without a connection
+//!   is dialled. Our own presences (looped back), other messages, malformed
+//!   datagrams and those over `multicast_rate` are counted and dropped.
 
 mod config;
 mod enrp;
@@ -216,6 +233,13 @@ pub enum Output {
     },
     /// Multicast this ASAP_SERVER_ANNOUNCE (UDP, the ASAP announce group).
     Announce {
+        /// The message bytes.
+        msg: Vec<u8>,
+    },
+    /// Send this ENRP message (an ENRP_PRESENCE) as one UDP datagram to the
+    /// ENRP multicast group, without any framing (only with
+    /// [`RegistrarConfig::enrp_multicast`]).
+    EnrpMulticast {
         /// The message bytes.
         msg: Vec<u8>,
     },
@@ -322,6 +346,8 @@ enum Timer {
     Resync,
     /// ENRP: takeover of this peer (ours, or one we acked) timed out.
     Takeover(u32),
+    /// ENRP: send a presence to the multicast group.
+    MulticastPresence,
 }
 
 /// A handle-table download in progress on one connection.
@@ -409,6 +435,7 @@ impl Registrar {
     /// tests.
     pub fn new(config: RegistrarConfig, server_id: u32, rng_seed: u64, now: Time) -> Self {
         let mut rng = Rng::new(rng_seed);
+        let config_multicast_rate = config.multicast_rate;
         let hs_config = handlespace::Config {
             reg_life_unit: config.reg_life_unit,
             expiry_granularity: config.expiry_granularity,
@@ -431,14 +458,17 @@ impl Registrar {
             timers: Timers::default(),
             out: VecDeque::new(),
             stats: RegistrarStats::default(),
-            enrp: enrp::Enrp::new(false),
+            enrp: enrp::Enrp::new(false, config_multicast_rate, now),
             enrp_stats: EnrpStats::default(),
         };
+        if r.config.enrp_multicast {
+            r.timers.set(Timer::MulticastPresence, now);
+        }
         if r.config.announce_interval.is_some() {
             r.timers.set(Timer::Announce, now);
         }
         if !r.config.peers.is_empty() {
-            r.enrp = enrp::Enrp::new(true);
+            r.enrp = enrp::Enrp::new(true, config_multicast_rate, now);
             // Start-up begins at the first handle_timeout (poll_timeout says now).
             r.timers.set(Timer::Startup, now);
             r.timers.set(
@@ -620,6 +650,7 @@ impl Registrar {
                 Timer::ProbeTimeout(id) => self.probe_timeout(id),
                 Timer::Resync => self.abort_resync(),
                 Timer::Takeover(id) => self.takeover_timer(id),
+                Timer::MulticastPresence => self.multicast_presence(),
             }
         }
         self.flush();

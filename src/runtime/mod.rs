@@ -34,9 +34,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use reactor::{EventLoop, LoopHandle, LoopStats};
-pub use registrar::{RegistrarHandle, RegistrarOptions};
+pub use registrar::{EnrpMulticast, RegistrarHandle, RegistrarOptions};
 pub use sctp::{SctpClient, SctpParams};
-pub use sys::{probe_sctp, SctpSupport, SignalPipe};
+pub use sys::{probe_sctp, MulticastInterface, SctpSupport, SignalPipe};
 pub use url::{EndpointUrl, Proto};
 
 use crate::time::Time;

@@ -137,6 +137,12 @@ enum Ev {
         node: Node,
         conn: ConnId,
     },
+    /// A datagram of the ENRP multicast group reaching registrar slot `to`.
+    Multicast {
+        to: usize,
+        from: SocketAddr,
+        msg: Vec<u8>,
+    },
     Fault,
 }
 
@@ -198,7 +204,8 @@ pub struct Sim {
     pub stats: SimStats,
     /// Every registrar id ever used (ids must not repeat).
     used_ids: BTreeSet<u32>,
-    /// Bytes routed, by (ppid, first byte) (message type), for tests.
+    /// Messages routed, by (sender, ppid, first byte = message type), for
+    /// tests; ppid 0 counts datagrams to the ENRP multicast group.
     pub sent_types: BTreeMap<(Node, u32, u8), u64>,
 }
 
@@ -287,9 +294,22 @@ impl Sim {
     }
 
     /// Add a registrar with a given server id.
-    pub fn add_registrar_with_id(&mut self, config: RegistrarConfig, id: u32) -> usize {
+    ///
+    /// With [`RegistrarConfig::enrp_multicast`] the slot joins the simulated
+    /// ENRP multicast group (every such registrar in the same partition
+    /// group gets each presence, the sender included, subject to loss and
+    /// delay), and an unset `enrp_transport` becomes the slot's address.
+    pub fn add_registrar_with_id(&mut self, mut config: RegistrarConfig, id: u32) -> usize {
         self.used_ids.insert(id);
         let i = self.regs.len();
+        if config.enrp_multicast && config.enrp_transport.is_none() {
+            let a = registrar_addr(i);
+            config.enrp_transport = Some(Transport::Tcp {
+                port: a.port(),
+                transport_use: 0,
+                addr: a.ip(),
+            });
+        }
         let seed = self.next_u64();
         self.regs.push(RegSlot {
             r: Some(Registrar::new(config.clone(), id, seed, self.now)),
@@ -625,6 +645,12 @@ impl Sim {
                     }
                 }
             },
+            Ev::Multicast { to, from, msg } => {
+                if let Some(r) = self.regs[to].r.as_mut() {
+                    r.handle_multicast(&msg, from, now);
+                    self.drain(to);
+                }
+            }
             Ev::Fault => self.random_fault(),
         }
     }
@@ -760,7 +786,36 @@ impl Sim {
                     }
                 }
                 Output::Announce { .. } => {}
+                Output::EnrpMulticast { msg } => self.multicast(i, msg),
             }
+        }
+    }
+
+    /// A datagram from registrar `i` to the ENRP multicast group.
+    fn multicast(&mut self, i: usize, msg: Vec<u8>) {
+        let from = self.regs[i].addr;
+        if let Some(t) = msg.first() {
+            *self.sent_types.entry((Node::Reg(i), 0, *t)).or_default() += 1;
+        }
+        let group = self.group(Node::Reg(i));
+        for j in 0..self.regs.len() {
+            let slot = &self.regs[j];
+            if !slot.config.enrp_multicast || slot.r.is_none() || slot.group != group {
+                continue;
+            }
+            if self.chance(self.faults.loss) {
+                self.stats.lost += 1;
+                continue;
+            }
+            let at = self.now + self.delay();
+            self.schedule(
+                at,
+                Ev::Multicast {
+                    to: j,
+                    from,
+                    msg: msg.clone(),
+                },
+            );
         }
     }
 
