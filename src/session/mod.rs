@@ -80,7 +80,7 @@
 
 mod pe;
 
-pub use pe::{PeEvent, PeOutput, PeSession, SessionAcceptor};
+pub use pe::{PeEvent, PeOutput, PeSession, PeStats, SessionAcceptor};
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
