@@ -801,6 +801,7 @@ impl Hub {
                 closed: false,
                 closed_told: false,
                 closing: false,
+                aborted: false,
             }),
             cv: parking_lot::Condvar::new(),
             needs_pump: Default::default(),
@@ -836,6 +837,9 @@ impl Hub {
             let cb = shared.callback.lock().clone();
             let (outs, next, close) = {
                 let mut st = shared.state.lock();
+                if st.aborted {
+                    return;
+                }
                 let outs: Vec<PeOutput> = std::iter::from_fn(|| st.core.poll_output()).collect();
                 let next = match &cb {
                     Some(_) if outs.is_empty() => st.next(),

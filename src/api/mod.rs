@@ -986,6 +986,7 @@ impl Context {
             }),
             cv: Condvar::new(),
             callback: Mutex::new(None),
+            sessions: Mutex::new(Vec::new()),
             lp: self.lp.clone(),
         });
         let (tx, rx) = bounded(1);
