@@ -866,3 +866,150 @@ fn sctp_echo_and_failover() {
         }
     }
 }
+
+/// The pool element of `sigkilled_pe_process_fails_over`, in a child process
+/// (this test binary run again with `--ignored --exact`): echoes with a cookie
+/// after every reply, and on "hold" never comes back (the request stays
+/// unacknowledged). Prints "READY <pe id>" once registered.
+#[test]
+#[ignore = "helper: the child process of sigkilled_pe_process_fails_over"]
+fn pe_child_process() {
+    let (Ok(url), Ok(pool)) = (
+        std::env::var("RSERPOOL_TEST_PE_REGISTRAR"),
+        std::env::var("RSERPOOL_TEST_PE_POOL"),
+    ) else {
+        panic!("run by sigkilled_pe_process_fails_over only");
+    };
+    let mut c = Config::default();
+    c.add_registrar(&url).unwrap();
+    c.client.t2_registration = Duration::from_millis(500);
+    let ctx = Context::new(c).unwrap();
+    let server = listen(&ctx, &pool);
+    println!("READY {}", server.pe_id());
+    loop {
+        let h = server.accept(None).unwrap();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            loop {
+                match h.recv(None) {
+                    Ok(PeNotification::Data { bytes, ppid, .. }) => {
+                        if bytes == b"hold" {
+                            std::thread::sleep(Duration::from_secs(3600));
+                        }
+                        n += 1;
+                        h.send(&bytes, ppid).unwrap();
+                        h.send_cookie(format!("child-{n}").as_bytes()).unwrap();
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+}
+
+/// A PE in another process killed with SIGKILL: the session fails over to
+/// the next PE, echoes the dead PE's last cookie, re-sends the request it
+/// held. Prints the time from kill(2) to the fail-over callback (a figure,
+/// not an assertion: the goal is well under 5 ms on loopback).
+#[test]
+fn sigkilled_pe_process_fails_over() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let reg = registrar();
+    let url = reg.local_urls()[0].clone();
+    let pe_ctx = Context::new(config(&reg)).unwrap();
+    let pu = Context::new(config(&reg)).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut figures = Vec::new();
+    for round in 0..5 {
+        let pool = format!("killed-{round}");
+        let mut child = Reaped(
+            Command::new(&exe)
+                .args(["pe_child_process", "--ignored", "--exact", "--nocapture"])
+                .env("RSERPOOL_TEST_PE_REGISTRAR", &url)
+                .env("RSERPOOL_TEST_PE_POOL", &pool)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let (tx, rx) = mpsc::channel();
+        let out = child.0.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                if let Some(id) = line.strip_prefix("READY ") {
+                    let _ = tx.send(id.parse::<u32>().unwrap());
+                }
+            }
+        });
+        let child_id = rx.recv_timeout(T).expect("the child PE registers");
+        let at: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let at2 = at.clone();
+        let s = pu
+            .open_session(
+                pool.as_bytes(),
+                SessionOptions {
+                    wait_connected: Some(T),
+                    on_failover: Some(Box::new(move |_: &Session, _: &FailoverInfo| {
+                        *at2.lock().unwrap() = Some(Instant::now());
+                    })),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(s.current_pe().unwrap().pe_id, child_id);
+        // The next PE, in this process.
+        let next = listen(&pe_ctx, &pool);
+        s.send(b"one", 42, 0).unwrap();
+        assert_eq!(next_data(&s), b"one");
+        let deadline = Instant::now() + T;
+        while s.cookie().as_deref() != Some(&b"child-1"[..]) {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        s.send(b"hold", 42, 0).unwrap();
+        // Wait until the child read it (its ACK of "one" is in, "hold" not).
+        let deadline = Instant::now() + T;
+        while s.buffered() != 1 || s.stats().acked != 1 {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let t0 = Instant::now();
+        child.0.kill().unwrap(); // SIGKILL
+        let h = next.accept(Some(T)).unwrap();
+        assert_eq!(
+            h.recv(Some(T)).unwrap(),
+            PeNotification::CookieEcho(b"child-1".to_vec())
+        );
+        match h.recv(Some(T)).unwrap() {
+            PeNotification::Data { bytes, .. } => assert_eq!(bytes, b"hold"),
+            other => panic!("{other:?}"),
+        }
+        let took = at.lock().unwrap().expect("fail-over callback ran") - t0;
+        figures.push(took);
+        drop(child);
+        drop(h);
+        drop(s);
+        drop(next);
+    }
+    figures.sort();
+    eprintln!(
+        "fail-over after SIGKILL of a PE process (kill(2) to fail-over callback): {:?}",
+        figures
+    );
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, also when a
+/// test fails half-way.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
