@@ -914,38 +914,14 @@ fn pe_child_process() {
 /// not an assertion: the goal is well under 5 ms on loopback).
 #[test]
 fn sigkilled_pe_process_fails_over() {
-    use std::io::BufRead;
-    use std::process::{Command, Stdio};
     let reg = registrar();
     let url = reg.local_urls()[0].clone();
     let pe_ctx = Context::new(config(&reg)).unwrap();
     let pu = Context::new(config(&reg)).unwrap();
-    let exe = std::env::current_exe().unwrap();
     let mut figures = Vec::new();
     for round in 0..5 {
         let pool = format!("killed-{round}");
-        let mut child = Reaped(
-            Command::new(&exe)
-                .args(["pe_child_process", "--ignored", "--exact", "--nocapture"])
-                .env("RSERPOOL_TEST_PE_REGISTRAR", &url)
-                .env("RSERPOOL_TEST_PE_POOL", &pool)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        let (tx, rx) = mpsc::channel();
-        let out = child.0.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(out).lines() {
-                let Ok(line) = line else { return };
-                if let Some(id) = line.strip_prefix("READY ") {
-                    let _ = tx.send(id.parse::<u32>().unwrap());
-                }
-            }
-        });
-        let child_id = rx.recv_timeout(T).expect("the child PE registers");
+        let (mut child, child_id) = spawn_child_pe(&url, &pool);
         let at: Arc<Mutex<Option<Instant>>> = Arc::default();
         let at2 = at.clone();
         let s = pu
@@ -1012,4 +988,198 @@ impl Drop for Reaped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Start `pe_child_process` for `pool`: the process and its PE identifier.
+fn spawn_child_pe(registrar: &str, pool: &str) -> (Reaped, u32) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Reaped(
+        Command::new(exe)
+            .args(["pe_child_process", "--ignored", "--exact", "--nocapture"])
+            .env("RSERPOOL_TEST_PE_REGISTRAR", registrar)
+            .env("RSERPOOL_TEST_PE_POOL", pool)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = mpsc::channel();
+    let out = child.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            if let Some(id) = line.strip_prefix("READY ") {
+                let _ = tx.send(id.parse::<u32>().unwrap());
+            }
+        }
+    });
+    let id = rx.recv_timeout(T).expect("the child PE registers");
+    (child, id)
+}
+
+/// A PE process frozen with SIGSTOP: its kernel still takes the bytes, but
+/// the TCP mapping heartbeats go unanswered, so the session declares it
+/// failed and fails over, re-sending what it never acknowledged.
+#[test]
+fn frozen_pe_fails_over_after_missed_heartbeats() {
+    let reg = registrar();
+    let url = reg.local_urls()[0].clone();
+    let (child, child_id) = spawn_child_pe(&url, "frozen");
+    let pe_ctx = Context::new(config(&reg)).unwrap();
+    let mut c = config(&reg);
+    c.heartbeat_interval = Duration::from_millis(50);
+    c.heartbeat_max_missed = 2;
+    let pu = Context::new(c).unwrap();
+    let s = pu.open_session(b"frozen", wait_connected()).unwrap();
+    assert_eq!(s.current_pe().unwrap().pe_id, child_id);
+    let next = listen(&pe_ctx, "frozen");
+    s.send(b"one", 42, 0).unwrap();
+    assert_eq!(next_data(&s), b"one");
+    let pid = child.0.id();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+    // kill(2) only queues the stop: wait until every thread is stopped.
+    let deadline = Instant::now() + T;
+    while !all_threads_stopped(pid) {
+        assert!(Instant::now() < deadline, "the child did not stop");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    s.send(b"two", 42, 0).unwrap();
+    let h = next.accept(Some(T)).unwrap();
+    loop {
+        match h.recv(Some(T)).unwrap() {
+            PeNotification::Data { bytes, .. } => {
+                assert_eq!(bytes, b"two");
+                break;
+            }
+            PeNotification::CookieEcho(c) => assert_eq!(c, b"child-1"),
+            other => panic!("{other:?}"),
+        }
+    }
+    loop {
+        if let Notification::Failover { from, to, resent } = s.recv(Some(T)).unwrap() {
+            assert_eq!((from, to, resent), (child_id, next.pe_id(), vec![1]));
+            break;
+        }
+    }
+    drop(child);
+}
+
+/// Minimal service (basic mode) and full service (sessions) in one context,
+/// on one pool.
+#[test]
+fn minimal_and_full_service_side_by_side() {
+    let reg = registrar();
+    let pe_ctx = Context::new(config(&reg)).unwrap();
+    let a = listen(&pe_ctx, "both");
+    let b = listen(&pe_ctx, "both");
+    let ids = [a.pe_id(), b.pe_id()];
+    let ta = echo_server(a, false);
+    let tb = echo_server(b, false);
+    let pu = Context::new(config(&reg)).unwrap();
+    let p = pu.get_primary_server(b"both").unwrap();
+    assert!(ids.contains(&p.pe_id));
+    let n = pu.get_next_server(b"both", p.pe_id).unwrap();
+    assert_ne!(n.pe_id, p.pe_id);
+    let s = pu.open_session(b"both", wait_connected()).unwrap();
+    // The PE basic mode reported is not chosen while its incident lasts.
+    assert_eq!(s.current_pe().unwrap().pe_id, n.pe_id);
+    s.send(b"hi", 42, 0).unwrap();
+    assert_eq!(next_data(&s), b"hi");
+    assert!(
+        !pu.report_failure(b"both", p.pe_id).unwrap(),
+        "reported once per incident"
+    );
+    drop((s, pe_ctx));
+    let _ = (ta.join(), tb.join());
+}
+
+/// Business cards both ways: the PE's names the PEs to fail over to, in
+/// order (before the pool's policy); the pool user's (it is a PE too)
+/// reaches every PE it talks to.
+#[test]
+fn business_cards_both_ways() {
+    let reg = registrar();
+    let pe_ctx = Context::new(config(&reg)).unwrap();
+    let s1 = listen(&pe_ctx, "cards");
+    let pu = Context::new(config(&reg)).unwrap();
+    let s = pu.open_session(b"cards", wait_connected()).unwrap();
+    let s2 = listen(&pe_ctx, "cards");
+    let s3 = listen(&pe_ctx, "cards");
+    let as_pe = |srv: &PeServer| rserpool::wire::PoolElement {
+        id: srv.pe_id(),
+        home: 0,
+        reg_life: 60,
+        user_transport: srv.transport().clone(),
+        policy: Policy::RoundRobin,
+        asap_transport: None,
+    };
+    let mine = (
+        rserpool::wire::PoolHandle::from("pu-pool"),
+        vec![as_pe(&s1)],
+    );
+    s.send_business_card(Some(mine.clone())).unwrap();
+    let h1 = s1.accept(Some(T)).unwrap();
+    assert_eq!(
+        h1.recv(Some(T)).unwrap(),
+        PeNotification::BusinessCard {
+            pool: mine.0.clone(),
+            elements: mine.1.clone()
+        }
+    );
+    // PE 1 recommends 3, then 2.
+    h1.send_business_card("cards", vec![as_pe(&s3), as_pe(&s2)])
+        .unwrap();
+    let deadline = Instant::now() + T;
+    while s.business_card().is_none() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    s1.abort();
+    drop(h1);
+    let h3 = s3.accept(Some(T)).unwrap();
+    assert!(matches!(
+        h3.recv(Some(T)).unwrap(),
+        PeNotification::BusinessCard { .. }
+    ));
+    loop {
+        if let Notification::Failover { to, .. } = s.recv(Some(T)).unwrap() {
+            assert_eq!(to, s3.pe_id(), "the card's first PE, not the policy's");
+            break;
+        }
+    }
+    assert!(s2.try_accept().unwrap().is_none());
+    // A PE named on the card can be addressed directly.
+    s.send_to_pe(s2.pe_id(), b"to-2", 42, 0).unwrap();
+    let h2 = s2.accept(Some(T)).unwrap();
+    loop {
+        match h2.recv(Some(T)).unwrap() {
+            PeNotification::Data { bytes, .. } => {
+                assert_eq!(bytes, b"to-2");
+                break;
+            }
+            PeNotification::BusinessCard { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// Every thread of process `pid` is in state T (stopped), per /proc.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|st| {
+                // "pid (comm) S ...": the state follows the last ')'.
+                let rest = &st[st.rfind(')')? + 1..];
+                rest.split_whitespace().next().map(|s| s == "T" || s == "t")
+            })
+            .unwrap_or(false)
+    })
 }
