@@ -1181,3 +1181,41 @@ fn all_threads_stopped(pid: u32) -> bool {
             .unwrap_or(false)
     })
 }
+
+/// The last reference to a context dropped inside one of its callbacks, on
+/// its own loop thread: no self-join, no hang; the session ends.
+#[test]
+fn context_dropped_inside_its_own_callback() {
+    let reg = registrar();
+    let pe_ctx = Context::new(config(&reg)).unwrap();
+    let server = echo_server(listen(&pe_ctx, "drop"), false);
+    let pu = Arc::new(Context::new(config(&reg)).unwrap());
+    let slot: Arc<Mutex<Option<Arc<Context>>>> = Arc::new(Mutex::new(Some(pu.clone())));
+    let slot2 = slot.clone();
+    let s = pu
+        .open_session(
+            b"drop",
+            SessionOptions {
+                wait_connected: Some(T),
+                on_data: Some(Box::new(move |_: &Session, _: Message| {
+                    // Takes the context out of the slot: the last reference
+                    // goes away here.
+                    drop(slot2.lock().unwrap().take());
+                })),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    drop(pu);
+    s.send(b"bye", 42, 0).unwrap();
+    loop {
+        match s.recv(Some(T)) {
+            Ok(Notification::Closed) | Err(Error::SessionClosed) => break,
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(slot.lock().unwrap().is_none());
+    drop(pe_ctx);
+    let _ = server.join();
+}

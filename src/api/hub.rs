@@ -768,7 +768,10 @@ impl Hub {
             }
         };
         if let Some(tx) = reply {
-            let _ = tx.send(r);
+            if tx.send(r).is_err() && self.listeners.remove(&id).is_some() {
+                // pe_listen gave up waiting: nobody will use it.
+                self.actions.push_back(Action::Unlisten { id });
+            }
         }
     }
 

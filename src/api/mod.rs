@@ -740,12 +740,18 @@ impl Context {
                 }
             })
         });
-        if posted {
+        // Dropped in a callback, on the loop thread itself: nobody could
+        // answer or be joined; the loop deregisters and stops after the
+        // callback returns, and its thread ends on its own.
+        let on_loop = self.lp.on_loop();
+        if posted && !on_loop {
             let _ = rx.recv_timeout(self.shutdown_timeout);
         }
         self.lp.handle.stop();
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            if !on_loop {
+                let _ = t.join();
+            }
         }
         if let Some((stop, t)) = self.announce.take() {
             stop.store(true, Ordering::Relaxed);
