@@ -255,6 +255,10 @@ fn api_err(e: &api::Error) -> c_int {
         Unsupported(_) => RserpoolErr::NoSctp,
         Os(_) => RserpoolErr::Os,
         Closed => RserpoolErr::Internal,
+        BufferFull => RserpoolErr::WouldBlock,
+        SessionClosed => RserpoolErr::InvalidState,
+        InvalidState(_) => RserpoolErr::InvalidState,
+        WouldDeadlock => RserpoolErr::InvalidState,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Kernel SCTP through libc: one-to-one style sockets (`SOCK_STREAM`,
 //! `IPPROTO_SCTP`), one SCTP user message per ASAP/ENRP message, with its PPID,
-//! on stream 0.
+//! on stream 0 (application messages of sessions: on the stream they chose,
+//! ordered or not).
 //!
 //! libc wraps none of the SCTP socket API (that lives in libsctp, which we do
 //! not link), so the option numbers and structures below are copied from the
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use libc::{c_int, c_void, socklen_t};
 
+use super::DataInfo;
 use crate::wire::tcpmap::ppid;
 use crate::wire::{AsapMessage, EnrpMessage};
 
@@ -47,6 +49,12 @@ const SCTP_SNDRCV: c_int = 1;
 const SCTP_SNDINFO: c_int = 2;
 /// `enum sctp_cmsg_type`: SCTP_RCVINFO (struct sctp_rcvinfo).
 const SCTP_RCVINFO: c_int = 3;
+/// `SCTP_UNORDERED` (sctp_sndinfo.snd_flags, sctp_rcvinfo.rcv_flags).
+const SCTP_UNORDERED: u16 = 1;
+/// Byte offsets of the stream identifier and of the flags in both `struct
+/// sctp_rcvinfo` and `struct sctp_sndrcvinfo`.
+const RCV_SID_OFFSET: usize = 0;
+const RCV_FLAGS_OFFSET: usize = 4;
 /// `MSG_NOTIFICATION` (recvmsg flag): the data is an event, not a message.
 const MSG_NOTIFICATION: c_int = 0x8000;
 /// `SPP_HB_ENABLE` (sctp_paddrparams.spp_flags).
@@ -228,8 +236,9 @@ pub(crate) struct Piece {
     pub len: usize,
     /// MSG_EOR: this piece ends the message.
     pub eor: bool,
-    /// The PPID (host byte order), if the kernel attached SCTP_RCVINFO/SNDRCV.
-    pub ppid: Option<u32>,
+    /// PPID (host byte order), stream and unordered flag, if the kernel
+    /// attached SCTP_RCVINFO/SNDRCV.
+    pub info: Option<DataInfo>,
     /// MSG_NOTIFICATION: an SCTP event, not user data.
     pub notification: bool,
 }
@@ -461,7 +470,22 @@ impl SctpSocket {
     /// Send `msg` as one user message with `ppid` on stream 0, ordered.
     /// SCTP never sends part of a message: the result is all or `WouldBlock`.
     pub fn send_msg(&self, ppid: u32, msg: &[u8]) -> io::Result<usize> {
+        self.send_msg_on(ppid, 0, false, msg)
+    }
+
+    /// Send `msg` as one user message with `ppid` on `stream` (below the
+    /// association's outbound stream count, else `EINVAL`), unordered if
+    /// asked. All or `WouldBlock`, as [`SctpSocket::send_msg`].
+    pub fn send_msg_on(
+        &self,
+        ppid: u32,
+        stream: u16,
+        unordered: bool,
+        msg: &[u8],
+    ) -> io::Result<usize> {
         let info = SctpSndInfo {
+            snd_sid: stream,
+            snd_flags: if unordered { SCTP_UNORDERED } else { 0 },
             snd_ppid: ppid.to_be(),
             ..SctpSndInfo::default()
         };
@@ -540,11 +564,11 @@ impl SctpSocket {
                 return Err(e);
             }
         };
-        let mut ppid = None;
+        let mut info = None;
         // SAFETY: the kernel filled `msg_controllen` bytes of `cbuf` with cmsgs;
-        // CMSG_FIRSTHDR/NXTHDR stay within that length, and we read the PPID only
-        // when the cmsg is long enough to hold it (read_unaligned: no alignment
-        // assumption about the data area).
+        // CMSG_FIRSTHDR/NXTHDR stay within that length, and we read the fields
+        // only when the cmsg is long enough to hold the PPID, the last of them
+        // (read_unaligned: no alignment assumption about the data area).
         unsafe {
             let mut cm = libc::CMSG_FIRSTHDR(&mh);
             while !cm.is_null() {
@@ -552,8 +576,15 @@ impl SctpSocket {
                     && ((*cm).cmsg_type == SCTP_RCVINFO || (*cm).cmsg_type == SCTP_SNDRCV)
                     && (*cm).cmsg_len >= libc::CMSG_LEN((RCV_PPID_OFFSET + 4) as u32) as usize
                 {
-                    let p = libc::CMSG_DATA(cm).add(RCV_PPID_OFFSET).cast::<u32>();
-                    ppid = Some(u32::from_be(std::ptr::read_unaligned(p)));
+                    let data = libc::CMSG_DATA(cm);
+                    let p = data.add(RCV_PPID_OFFSET).cast::<u32>();
+                    let sid = data.add(RCV_SID_OFFSET).cast::<u16>();
+                    let flags = data.add(RCV_FLAGS_OFFSET).cast::<u16>();
+                    info = Some(DataInfo {
+                        ppid: u32::from_be(std::ptr::read_unaligned(p)),
+                        stream: std::ptr::read_unaligned(sid),
+                        unordered: std::ptr::read_unaligned(flags) & SCTP_UNORDERED != 0,
+                    });
                 }
                 cm = libc::CMSG_NXTHDR(&mh, cm);
             }
@@ -561,7 +592,7 @@ impl SctpSocket {
         Ok(Piece {
             len: n,
             eor: mh.msg_flags & libc::MSG_EOR != 0,
-            ppid,
+            info,
             notification: mh.msg_flags & MSG_NOTIFICATION != 0,
         })
     }
@@ -580,7 +611,7 @@ pub(crate) struct Reassembly {
     buf: Vec<u8>,
     partial: Vec<u8>,
     assembled: Vec<u8>,
-    partial_ppid: Option<u32>,
+    partial_info: Option<DataInfo>,
     in_notification: bool,
     max: usize,
 }
@@ -588,8 +619,8 @@ pub(crate) struct Reassembly {
 /// What one receive produced.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Received<'a> {
-    /// A whole message: PPID and bytes.
-    Message(u32, &'a [u8]),
+    /// A whole message: PPID, stream, flags, and bytes.
+    Message(DataInfo, &'a [u8]),
     /// A piece of something (part of a message, or an event) of this many
     /// bytes: nothing to deliver yet.
     Nothing(usize),
@@ -604,7 +635,7 @@ impl Reassembly {
             buf: vec![0; 64 << 10],
             partial: Vec::new(),
             assembled: Vec::new(),
-            partial_ppid: None,
+            partial_info: None,
             in_notification: false,
             max: max.max(1),
         }
@@ -631,21 +662,25 @@ impl Reassembly {
                 ),
             ));
         }
-        if self.partial_ppid.is_none() {
-            self.partial_ppid = piece.ppid;
+        if self.partial_info.is_none() {
+            self.partial_info = piece.info;
         }
         if !piece.eor {
             self.partial.extend_from_slice(&self.buf[..piece.len]);
             return Ok(Received::Nothing(piece.len));
         }
-        let ppid = self.partial_ppid.take().or(piece.ppid).unwrap_or(0);
+        let info = self.partial_info.take().or(piece.info).unwrap_or(DataInfo {
+            ppid: 0,
+            stream: 0,
+            unordered: false,
+        });
         if self.partial.is_empty() {
-            return Ok(Received::Message(ppid, &self.buf[..piece.len]));
+            return Ok(Received::Message(info, &self.buf[..piece.len]));
         }
         self.partial.extend_from_slice(&self.buf[..piece.len]);
         std::mem::swap(&mut self.partial, &mut self.assembled);
         self.partial.clear();
-        Ok(Received::Message(ppid, &self.assembled))
+        Ok(Received::Message(info, &self.assembled))
     }
 }
 
@@ -753,7 +788,7 @@ impl SctpClient {
         let deadline = Instant::now() + timeout;
         loop {
             match self.rx.recv(&self.sock) {
-                Ok(Received::Message(p, m)) => return Ok((p, m.to_vec())),
+                Ok(Received::Message(i, m)) => return Ok((i.ppid, m.to_vec())),
                 Ok(Received::Nothing(_)) => continue,
                 Ok(Received::Eof) => {
                     return Err(io::Error::new(

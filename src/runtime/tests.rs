@@ -558,3 +558,211 @@ fn sctp_connect_to_a_dead_port_fails_once() {
     h.stop();
     t.join().unwrap();
 }
+
+/// Opens listeners at run time and records everything it is told; sends
+/// nothing unless asked through `out`.
+#[derive(Default)]
+struct Recorder {
+    out: VecDeque<Action>,
+    listens: Vec<(ListenerId, ListenResult)>,
+    connected: Vec<(ConnId, ConnMeta)>,
+    data: Vec<(ConnId, DataInfo, Vec<u8>)>,
+    acks: Vec<(ConnId, Option<u32>)>,
+}
+
+impl Driver for Recorder {
+    fn on_connected(&mut self, conn: ConnId, meta: &ConnMeta, _: Time) {
+        self.connected.push((conn, meta.clone()));
+    }
+    fn on_message(&mut self, _: ConnId, _: u32, _: &[u8], _: Time) {
+        unreachable!("on_data is implemented");
+    }
+    fn on_data(&mut self, conn: ConnId, info: DataInfo, msg: &[u8], _: Time) {
+        self.data.push((conn, info, msg.to_vec()));
+    }
+    fn on_ack(&mut self, conn: ConnId, cum_tsn: Option<u32>, _: Time) {
+        self.acks.push((conn, cum_tsn));
+    }
+    fn on_listen(&mut self, id: ListenerId, result: ListenResult, _: Time) {
+        self.listens.push((id, result));
+    }
+    fn on_closed(&mut self, _: ConnId, _: Time) {}
+    fn on_timeout(&mut self, _: Time) {}
+    fn poll_timeout(&self) -> Option<Time> {
+        None
+    }
+    fn poll_action(&mut self) -> Option<Action> {
+        self.out.pop_front()
+    }
+}
+
+#[test]
+fn dynamic_listener_manual_acks_streams_and_received_acks() {
+    let mut ev = EventLoop::new(
+        RuntimeConfig::default(),
+        Instant::now(),
+        Recorder::default(),
+    )
+    .unwrap();
+    let h = ev.handle();
+    let t = std::thread::spawn(move || ev.run().unwrap());
+    let id = ListenerId(1);
+    let url = EndpointUrl::parse("tcp://127.0.0.1:0").unwrap();
+    let u2 = url.clone();
+    assert!(h.call(move |d, _| {
+        d.out.push_back(Action::Listen {
+            id,
+            url: u2.clone(),
+            manual_ack: true,
+        });
+        // The same id again is refused.
+        d.out.push_back(Action::Listen {
+            id,
+            url: u2,
+            manual_ack: false,
+        });
+    }));
+    wait_for(|| h.query(T, |d, _| d.listens.len()).unwrap() == 2);
+    let listens = h.query(T, |d, _| d.listens.clone()).unwrap();
+    let bound = listens[0].1.clone().expect("listening");
+    assert_eq!(bound.len(), 1);
+    assert_eq!(bound[0].0, Proto::Tcp);
+    let addr = bound[0].1;
+    assert_ne!(addr.port(), 0, "the kernel's port is reported");
+    assert!(listens[1].1.as_ref().unwrap_err().contains("in use"));
+
+    // A raw peer: INIT, then three DATA chunks on streams 3 (ordered, twice)
+    // and 4 (unordered).
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut out = Vec::new();
+    Chunk::Init {
+        flags: InitFlags::NONE,
+    }
+    .encode(&mut out)
+    .unwrap();
+    for (tsn, stream, unordered) in [(0u32, 3u16, false), (1, 3, false), (2, 4, true)] {
+        let d = crate::wire::tcpmap::DataHeader {
+            unordered,
+            tsn,
+            stream,
+            ssn: tsn as u16,
+            ppid: 77,
+        };
+        crate::wire::tcpmap::encode_data(&mut out, InitFlags::NONE, &d, b"req").unwrap();
+    }
+    s.write_all(&out).unwrap();
+    wait_for(|| h.query(T, |d, _| d.data.len()).unwrap() == 3);
+    let (connected, data) = h
+        .query(T, |d, _| (d.connected.clone(), d.data.clone()))
+        .unwrap();
+    assert_eq!(connected.len(), 1);
+    let (conn, meta) = connected[0].clone();
+    assert_eq!(meta.dynamic_listener, Some(id));
+    assert_eq!(meta.listener, usize::MAX);
+    let infos: Vec<DataInfo> = data.iter().map(|d| d.1).collect();
+    assert_eq!(
+        infos,
+        vec![
+            DataInfo {
+                ppid: 77,
+                stream: 3,
+                unordered: false
+            },
+            DataInfo {
+                ppid: 77,
+                stream: 3,
+                unordered: false
+            },
+            DataInfo {
+                ppid: 77,
+                stream: 4,
+                unordered: true
+            },
+        ]
+    );
+    // Manual mode: nothing acknowledged until the driver says so. A reply
+    // queued now therefore comes before any ACK; then one ACK per Action::Ack,
+    // oldest first, and a spare Action::Ack does nothing.
+    assert!(h.call(move |d, _| {
+        d.out.push_back(Action::SendData {
+            conn,
+            ppid: 78,
+            stream: 5,
+            unordered: true,
+            msg: b"a".to_vec(),
+        });
+        d.out.push_back(Action::Ack { conn });
+        d.out.push_back(Action::SendData {
+            conn,
+            ppid: 78,
+            stream: 5,
+            unordered: false,
+            msg: b"b".to_vec(),
+        });
+        d.out.push_back(Action::Ack { conn });
+        d.out.push_back(Action::Ack { conn });
+        d.out.push_back(Action::Ack { conn });
+        d.out.push_back(Action::Send {
+            conn,
+            ppid: 11,
+            msg: b"c".to_vec(),
+        });
+    }));
+    let mut dec = ChunkDecoder::new(1 << 17);
+    let got = raw_chunks(&mut s, &mut dec, 7);
+    assert_eq!(
+        got[0],
+        Chunk::Init {
+            flags: InitFlags::NONE
+        }
+    );
+    let data_hdr = |c: &Chunk| match c {
+        Chunk::Data(d) => (d.tsn, d.stream, d.unordered, d.ppid, d.payload.clone()),
+        other => panic!("not DATA: {other:?}"),
+    };
+    assert_eq!(
+        data_hdr(&got[1]),
+        (Some(0), Some((5, 0)), true, Some(78), b"a".to_vec())
+    );
+    assert_eq!(got[2], Chunk::Ack { cum_tsn: Some(0) });
+    // Every DATA chunk takes the next TSN; ordered ones the stream's next SSN.
+    assert_eq!(
+        data_hdr(&got[3]),
+        (Some(1), Some((5, 0)), false, Some(78), b"b".to_vec())
+    );
+    assert_eq!(got[4], Chunk::Ack { cum_tsn: Some(1) });
+    assert_eq!(got[5], Chunk::Ack { cum_tsn: Some(2) });
+    assert_eq!(
+        data_hdr(&got[6]),
+        (Some(2), Some((0, 0)), false, Some(11), b"c".to_vec())
+    );
+    // ACK chunks from the peer reach the driver.
+    let mut out = Vec::new();
+    Chunk::Ack { cum_tsn: Some(1) }.encode(&mut out).unwrap();
+    Chunk::Ack { cum_tsn: None }.encode(&mut out).unwrap();
+    s.write_all(&out).unwrap();
+    wait_for(|| h.query(T, |d, _| d.acks.len()).unwrap() == 2);
+    assert_eq!(
+        h.query(T, |d, _| d.acks.clone()).unwrap(),
+        vec![(conn, Some(1)), (conn, None)]
+    );
+    // Unlisten: no new connections; the accepted one stays.
+    assert!(h.call(move |d, _| d.out.push_back(Action::Unlisten { id })));
+    wait_for(|| TcpStream::connect(addr).is_err());
+    s.write_all(&out[..8]).unwrap();
+    wait_for(|| h.query(T, |d, _| d.acks.len()).unwrap() == 3);
+    // SCTP where the kernel has none: a clear error.
+    if !probe_sctp().is_available() {
+        let sctp = EndpointUrl::parse("sctp://127.0.0.1:0").unwrap();
+        assert!(h.call(move |d, _| d.out.push_back(Action::Listen {
+            id: ListenerId(2),
+            url: sctp,
+            manual_ack: true,
+        })));
+        wait_for(|| h.query(T, |d, _| d.listens.len()).unwrap() == 3);
+        let l = h.query(T, |d, _| d.listens[2].clone()).unwrap();
+        assert!(l.1.unwrap_err().contains("no SCTP"), "clear error");
+    }
+    h.stop();
+    t.join().unwrap();
+}
