@@ -560,7 +560,10 @@ fn connect_ids_come_from_the_cores_namespace() {
     assert_eq!(r.poll_timeout(), Some(Time::ZERO));
     r.handle_timeout(Time::ZERO);
     let out: Vec<Output> = std::iter::from_fn(|| r.poll_output()).collect();
-    let Output::Connect { conn, addr, kind } = &out[0] else {
+    let Output::Connect {
+        conn, addr, kind, ..
+    } = &out[0]
+    else {
         panic!("{out:?}")
     };
     assert!(conn.0 & rserpool::registrar::CORE_CONN_BIT != 0);
@@ -570,4 +573,77 @@ fn connect_ids_come_from_the_cores_namespace() {
     let out: Vec<Output> = std::iter::from_fn(|| r.poll_output()).collect();
     assert!(matches!(&out[..], [Output::Connect { addr, .. }] if *addr == registrar_addr(2)));
     assert_eq!(r.startup_state(), StartupState::Connecting(1));
+}
+
+// ------------------------------------------------- RSPLIB interop (SCTP VM)
+
+#[test]
+fn sctp_peers_are_dialled_from_our_enrp_endpoint() {
+    // RSPLIB's rspregistrar keeps a presence only if the ENRP port in its
+    // Server Information is the port the association comes from (it filters
+    // the announced addresses by the association's, ports included); other
+    // presences are dropped, and the sender stays unknown, so its handle
+    // table requests are answered R=1. So SCTP peers are dialled from our
+    // ENRP endpoint, every address of it.
+    let rsplib: SocketAddr = "10.77.0.3:9901".parse().unwrap();
+    let tcp_peer: SocketAddr = "10.77.0.4:9901".parse().unwrap();
+    let ours = [
+        IpAddr::V4(Ipv4Addr::new(10, 77, 0, 1)),
+        IpAddr::V4(Ipv4Addr::new(10, 77, 0, 2)),
+    ];
+    let mut cfg = fast(vec![rsplib, tcp_peer]);
+    cfg.sctp_peers = vec![rsplib];
+    cfg.enrp_transport = Some(Transport::Sctp {
+        port: 9901,
+        transport_use: 0,
+        addrs: ours.to_vec(),
+    });
+    let mut r = Registrar::new(cfg, ME, 1, Time::ZERO);
+    r.handle_timeout(Time::ZERO);
+    let out: Vec<Output> = std::iter::from_fn(|| r.poll_output()).collect();
+    let [Output::Connect {
+        conn,
+        addr,
+        kind: ConnKind::Sctp,
+        local,
+    }] = &out[..]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(*addr, rsplib);
+    let want: Vec<SocketAddr> = ours.iter().map(|ip| SocketAddr::new(*ip, 9901)).collect();
+    assert_eq!(*local, want);
+    // On the association, our presence names the association's own port.
+    let conn = *conn;
+    r.handle_connected(
+        conn,
+        ConnInfo {
+            kind: ConnKind::Sctp,
+            remote: vec![rsplib],
+            local: want[0],
+        },
+        Time::from_millis(1),
+    );
+    let sent = enrp_out(std::iter::from_fn(|| r.poll_output()).collect());
+    let si = sent
+        .iter()
+        .find_map(|(c, m)| match &m.body {
+            EnrpBody::Presence {
+                server_info: Some(si),
+                ..
+            } if *c == conn => Some(si.clone()),
+            _ => None,
+        })
+        .expect("presence on the new association");
+    assert_eq!(si.transport.port(), Some(9901));
+    assert_eq!(si.transport.addrs(), ours.to_vec());
+    // The mentor goes away: the backup, a TCP peer (the TCP mapping), is
+    // dialled as before, unbound.
+    r.handle_closed(conn, Time::from_millis(2));
+    let out: Vec<Output> = std::iter::from_fn(|| r.poll_output()).collect();
+    assert!(
+        matches!(&out[..], [Output::Connect { addr, kind: ConnKind::Tcp, local, .. }]
+            if *addr == tcp_peer && local.is_empty()),
+        "{out:?}"
+    );
 }

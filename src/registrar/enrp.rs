@@ -439,8 +439,28 @@ impl Registrar {
 
     fn dial(&mut self, addr: SocketAddr, kind: ConnKind, purpose: Dial) -> ConnId {
         let conn = self.alloc_conn();
+        // ENRP peers over SCTP: from our ENRP endpoint, so that the
+        // association's port is the one our Server Information names
+        // (RSPLIB drops a presence whose ENRP port is not the association's).
+        let local = match (&purpose, kind, &self.config.enrp_transport) {
+            (
+                Dial::Peer(_),
+                ConnKind::Sctp,
+                Some(Transport::Sctp {
+                    port: p @ 1..,
+                    addrs,
+                    ..
+                }),
+            ) => addrs.iter().map(|ip| SocketAddr::new(*ip, *p)).collect(),
+            _ => Vec::new(),
+        };
         self.enrp.dials.insert(conn, purpose);
-        self.push(Output::Connect { conn, addr, kind });
+        self.push(Output::Connect {
+            conn,
+            addr,
+            kind,
+            local,
+        });
         conn
     }
 

@@ -226,6 +226,14 @@ pub enum Output {
         addr: SocketAddr,
         /// TCP (with the TCP mapping) or SCTP, as the peer's transport says.
         kind: ConnKind,
+        /// Local addresses (all with one port) to open the connection from;
+        /// empty: the system's choice. Set for SCTP ENRP peers when our own
+        /// ENRP endpoint ([`RegistrarConfig::enrp_transport`]) is SCTP: the
+        /// association then starts from the port our Server Information
+        /// names, which RSPLIB checks (it ignores a presence whose ENRP port
+        /// differs from the association's). If the bind fails the runtime
+        /// connects unbound.
+        local: Vec<SocketAddr>,
     },
 }
 
