@@ -133,8 +133,17 @@
 //!   DEL_PE goes out. A PE whose ASAP transport is SCTP is dialled
 //!   ([`Output::Connect`] with [`ConnKind::Sctp`]) and sent a keep-alive with
 //!   H=1 on the new association. A takeover not completed within
-//!   `takeover_timeout`, or someone else's we acked whose TAKEOVER_SERVER
-//!   never came, starts over while the target stays dead.
+//!   `takeover_timeout` starts over while the target stays dead. After we
+//!   acked someone else's, the same timeout without TAKEOVER_SERVER makes us
+//!   take over only if the target still owns PEs in our view: RSPLIB never
+//!   delivers TAKEOVER_SERVER, and its win shows instead as its new presence
+//!   checksum, which our audit follows (the target is then dropped as taken
+//!   over by the initiator; a resync with the initiator still running is
+//!   waited for).
+//! - **SCTP peers** are dialled from our ENRP endpoint (every address of it,
+//!   its port: [`Output::Connect::local`](Output::Connect)), because RSPLIB
+//!   ignores a presence whose Server Information port is not the
+//!   association's.
 //! - **ENRP_ERROR** for unrecognised messages/parameters per their action
 //!   bits (the codec's reports).
 
