@@ -605,7 +605,10 @@ fn connect_ids_come_from_the_cores_namespace() {
     assert_eq!(r.poll_timeout(), Some(Time::ZERO));
     r.handle_timeout(Time::ZERO);
     let out: Vec<Output> = std::iter::from_fn(|| r.poll_output()).collect();
-    let Output::Connect { conn, addr, kind } = &out[0] else {
+    let Output::Connect {
+        conn, addr, kind, ..
+    } = &out[0]
+    else {
         panic!("{out:?}")
     };
     assert!(conn.0 & rserpool::registrar::CORE_CONN_BIT != 0);
@@ -839,7 +842,10 @@ fn multicast_presence_from_an_unknown_server_adds_and_dials_it() {
         &presence_bytes(77, 0, tcp_info(77, [10, 0, 0, 77], 9901)),
         src(77),
     );
-    let [Output::Connect { conn, addr, kind }] = &out[..] else {
+    let [Output::Connect {
+        conn, addr, kind, ..
+    }] = &out[..]
+    else {
         panic!("{out:?}")
     };
     let conn = *conn;
@@ -1090,4 +1096,261 @@ mod multicast_prop {
             }
         }
     }
+}
+
+// ------------------------------------------------- RSPLIB interop (SCTP VM)
+
+#[test]
+fn sctp_peers_are_dialled_from_our_enrp_endpoint() {
+    // RSPLIB's rspregistrar keeps a presence only if the ENRP port in its
+    // Server Information is the port the association comes from (it filters
+    // the announced addresses by the association's, ports included); other
+    // presences are dropped, and the sender stays unknown, so its handle
+    // table requests are answered R=1. So SCTP peers are dialled from our
+    // ENRP endpoint, every address of it.
+    let rsplib: SocketAddr = "10.77.0.3:9901".parse().unwrap();
+    let tcp_peer: SocketAddr = "10.77.0.4:9901".parse().unwrap();
+    let ours = [
+        IpAddr::V4(Ipv4Addr::new(10, 77, 0, 1)),
+        IpAddr::V4(Ipv4Addr::new(10, 77, 0, 2)),
+    ];
+    let mut cfg = fast(vec![rsplib, tcp_peer]);
+    cfg.sctp_peers = vec![rsplib];
+    cfg.enrp_transport = Some(Transport::Sctp {
+        port: 9901,
+        transport_use: 0,
+        addrs: ours.to_vec(),
+    });
+    let mut r = Registrar::new(cfg, ME, 1, Time::ZERO);
+    r.handle_timeout(Time::ZERO);
+    let out: Vec<Output> = std::iter::from_fn(|| r.poll_output()).collect();
+    let [Output::Connect {
+        conn,
+        addr,
+        kind: ConnKind::Sctp,
+        local,
+    }] = &out[..]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(*addr, rsplib);
+    let want: Vec<SocketAddr> = ours.iter().map(|ip| SocketAddr::new(*ip, 9901)).collect();
+    assert_eq!(*local, want);
+    // On the association, our presence names the association's own port.
+    let conn = *conn;
+    r.handle_connected(
+        conn,
+        ConnInfo {
+            kind: ConnKind::Sctp,
+            remote: vec![rsplib],
+            local: want[0],
+        },
+        Time::from_millis(1),
+    );
+    let sent = enrp_out(std::iter::from_fn(|| r.poll_output()).collect());
+    let si = sent
+        .iter()
+        .find_map(|(c, m)| match &m.body {
+            EnrpBody::Presence {
+                server_info: Some(si),
+                ..
+            } if *c == conn => Some(si.clone()),
+            _ => None,
+        })
+        .expect("presence on the new association");
+    assert_eq!(si.transport.port(), Some(9901));
+    assert_eq!(si.transport.addrs(), ours.to_vec());
+    // The mentor goes away: the backup, a TCP peer (the TCP mapping), is
+    // dialled as before, unbound.
+    r.handle_closed(conn, Time::from_millis(2));
+    let out: Vec<Output> = std::iter::from_fn(|| r.poll_output()).collect();
+    assert!(
+        matches!(&out[..], [Output::Connect { addr, kind: ConnKind::Tcp, local, .. }]
+            if *addr == tcp_peer && local.is_empty()),
+        "{out:?}"
+    );
+}
+
+/// Bytes from a capture of Debian's rspregistrar 3.4 (the SCTP VM suite):
+/// rspregistrar 0x7e570004 takes over our peer 0x5eed0001, with us,
+/// 0x5eed0003, as the only other peer.
+mod rsplib_bytes {
+    /// ENRP_INIT_TAKEOVER of 0x5eed0001, sent point-to-point (receiver id set).
+    pub const INIT_TAKEOVER: &str = "070000107e5700045eed00035eed0001";
+    /// Its presence before the takeover: own-PE checksum 0xffff, Server
+    /// Information SCTP 10.77.0.3:9901.
+    pub const PRESENCE_EMPTY: &str =
+        "0100002c7e5700045eed0003000f0006ffff0000000b00187e5700040004001026ad0000000100080a4d0003";
+    /// Its presence after: checksum 0xf17c, the two PEs it took over.
+    pub const PRESENCE_AFTER: &str =
+        "0100002c7e5700045eed0003000f0006f17c0000000b00187e5700040004001026ad0000000100080a4d0003";
+    /// Its answer to our W=1 handle table request after the takeover:
+    /// EchoPool/0x2daeaed0 and RspPool/0x595eccc3, home 0x7e570004,
+    /// Registration Life 90000 (ms), SCTP user transports with Transport Use
+    /// 1, RR policy, SCTP ASAP transports with five addresses.
+    pub const TABLE_AFTER: &str = concat!(
+        "030000d47e5700045eed00030009000c4563686f506f6f6c000a00582daeaed07e570004",
+        "00015f9000040010e0520001000100080a4d0001000800080000000100040030ace50000",
+        "000100080a4d0001000100080a4d0002000100080a4d0003000100080a4d000400010008",
+        "0a4d00050009000b527370506f6f6c00000a0058595eccc37e57000400015f9000040010",
+        "8af80001000100080a4d0005000800080000000100040030947f0000000100080a4d0001",
+        "000100080a4d0002000100080a4d0003000100080a4d0004000100080a4d0005"
+    );
+    /// Its INIT_TAKEOVER_ACK, the form ours must have too.
+    pub const ACK_FROM_US: &str = "080000105eed00037e5700045eed0001";
+
+    pub fn bytes(hex: &str) -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
+    }
+}
+
+/// We are 0x5eed0003 with peers 0x5eed0001 (R1, owns RSPLIB's two PEs as
+/// in the capture, then goes silent) and rspregistrar 0x7e570004, which
+/// starts its takeover of R1; we ack it.
+fn rsplib_takes_over_r1() -> (H, Vec<(PoolHandle, PoolElement)>) {
+    use rsplib_bytes::*;
+    const R1: u32 = 0x5eed_0001;
+    let mut h = H::new(0x5eed_0003);
+    h.connect(1);
+    h.connect(2);
+    h.presence(1, R1, 0xffff);
+    let raw = |h: &mut H, c: u64, hex: &str| {
+        h.r.handle_message(ConnId(c), PPID_ENRP, &bytes(hex), h.now);
+        h.drain()
+    };
+    raw(&mut h, 2, PRESENCE_EMPTY);
+    // R1 owns the PEs the capture shows (before rspregistrar took them).
+    let EnrpBody::HandleTableResponse { pools, .. } =
+        EnrpMessage::decode(&bytes(TABLE_AFTER)).unwrap().msg.body
+    else {
+        panic!()
+    };
+    let pes: Vec<(PoolHandle, PoolElement)> = pools
+        .into_iter()
+        .flat_map(|(ph, v)| v.into_iter().map(move |pe| (ph.clone(), pe)))
+        .collect();
+    for (ph, pe) in &pes {
+        h.enrp(
+            1,
+            R1,
+            EnrpBody::HandleUpdate {
+                takeover_suggested: false,
+                action: UpdateAction::ADD_PE,
+                pool_handle: ph.clone(),
+                pe: PoolElement {
+                    home: R1,
+                    ..pe.clone()
+                },
+            },
+        );
+    }
+    assert_eq!(h.r.pe_count(), 2);
+    // RSPLIB's INIT_TAKEOVER (receiver id ours, not 0): acked, in RSPLIB's
+    // own byte layout.
+    let out = raw(&mut h, 2, INIT_TAKEOVER);
+    let acks: Vec<&Vec<u8>> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send { conn, ppid, msg } if *conn == ConnId(2) && *ppid == PPID_ENRP => {
+                Some(msg)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, vec![&bytes(ACK_FROM_US)], "{out:?}");
+    (h, pes)
+}
+
+#[test]
+fn rsplib_takeover_without_takeover_server_is_followed_not_repeated() {
+    use rsplib_bytes::*;
+    // RSPLIB never delivers TAKEOVER_SERVER (it sends it without a
+    // destination); we learn of its win from its next presence: the
+    // checksum now covers the PEs, our audit fetches them with their new
+    // home, and when our takeover timer runs out the target owns nothing:
+    // it is dropped as taken over by rspregistrar, and no takeover of our
+    // own starts (it would dial the PEs with H=1 and pull them away).
+    let (mut h, pes) = rsplib_takes_over_r1();
+    h.now = Time::from_millis(500);
+    h.r.handle_message(ConnId(2), PPID_ENRP, &bytes(PRESENCE_AFTER), h.now);
+    let out = enrp_out(h.drain());
+    assert!(
+        out.iter().any(|(c, m)| *c == ConnId(2)
+            && m.receiver == 0x7e57_0004
+            && matches!(
+                m.body,
+                EnrpBody::HandleTableRequest {
+                    own_children_only: true
+                }
+            )),
+        "{out:?}"
+    );
+    h.r.handle_message(ConnId(2), PPID_ENRP, &bytes(TABLE_AFTER), h.now);
+    h.drain();
+    for (ph, pe) in &pes {
+        assert_eq!(h.r.pool_element(ph, pe.id).unwrap().home, 0x7e57_0004);
+    }
+    // Past the takeover timeout (2 s here), rspregistrar still talking.
+    let mut sent = Vec::new();
+    for t in [1000, 1500, 2000, 2500, 3000] {
+        sent.extend(h.run_until(Time::from_millis(t)));
+        h.r.handle_message(ConnId(2), PPID_ENRP, &bytes(PRESENCE_AFTER), h.now);
+        sent.extend(enrp_out(h.drain()));
+    }
+    assert!(
+        !sent.iter().any(|(_, m)| matches!(
+            m.body,
+            EnrpBody::InitTakeover { .. } | EnrpBody::TakeoverServer { .. }
+        )),
+        "{sent:?}"
+    );
+    let r1 =
+        h.r.peers()
+            .into_iter()
+            .find(|p| p.id == 0x5eed_0001)
+            .unwrap();
+    assert_eq!(r1.state, PeerState::TakenOver);
+    assert_eq!(r1.taken_over_by, Some(0x7e57_0004));
+    assert_eq!(h.r.enrp_stats().takeovers_started, 0);
+    for (ph, pe) in &pes {
+        assert_eq!(h.r.pool_element(ph, pe.id).unwrap().home, 0x7e57_0004);
+    }
+    h.r.check_consistency().unwrap();
+}
+
+#[test]
+fn acked_takeover_that_never_shows_is_taken_over_by_us() {
+    // The same, but rspregistrar never announces the PEs (it died, or its
+    // takeover expired for want of acks): after the takeover timeout the
+    // PEs are still with the dead server, so we take over ourselves.
+    let (mut h, pes) = rsplib_takes_over_r1();
+    let mut sent = Vec::new();
+    for t in [500, 1000, 1500, 2000, 2500] {
+        sent.extend(h.run_until(Time::from_millis(t)));
+        h.presence(2, 0x7e57_0004, 0xffff);
+    }
+    assert!(
+        sent.iter().any(|(_, m)| matches!(
+            m.body,
+            EnrpBody::InitTakeover {
+                target: 0x5eed_0001
+            }
+        )),
+        "{sent:?}"
+    );
+    // rspregistrar acks (the target is unknown to it by now): ours.
+    h.enrp(
+        2,
+        0x7e57_0004,
+        EnrpBody::InitTakeoverAck {
+            target: 0x5eed_0001,
+        },
+    );
+    for (ph, pe) in &pes {
+        assert_eq!(h.r.pool_element(ph, pe.id).unwrap().home, 0x5eed_0003);
+    }
+    h.r.check_consistency().unwrap();
 }

@@ -531,6 +531,7 @@ impl Hub {
                     Transport::Sctp { port, addrs, .. } => Action::ConnectSctp {
                         conn: id,
                         addrs: addrs.iter().map(|a| SocketAddr::new(*a, *port)).collect(),
+                        local: Vec::new(),
                     },
                     _ => Action::Connect { conn: id, addr },
                 };

@@ -482,8 +482,28 @@ impl Registrar {
 
     fn dial(&mut self, addr: SocketAddr, kind: ConnKind, purpose: Dial) -> ConnId {
         let conn = self.alloc_conn();
+        // ENRP peers over SCTP: from our ENRP endpoint, so that the
+        // association's port is the one our Server Information names
+        // (RSPLIB drops a presence whose ENRP port is not the association's).
+        let local = match (&purpose, kind, &self.config.enrp_transport) {
+            (
+                Dial::Peer(_),
+                ConnKind::Sctp,
+                Some(Transport::Sctp {
+                    port: p @ 1..,
+                    addrs,
+                    ..
+                }),
+            ) => addrs.iter().map(|ip| SocketAddr::new(*ip, *p)).collect(),
+            _ => Vec::new(),
+        };
         self.enrp.dials.insert(conn, purpose);
-        self.push(Output::Connect { conn, addr, kind });
+        self.push(Output::Connect {
+            conn,
+            addr,
+            kind,
+            local,
+        });
         conn
     }
 
@@ -1451,18 +1471,50 @@ impl Registrar {
 
     /// Takeover timer: ours did not complete, or the winner's TAKEOVER_SERVER
     /// never came: start (again) if the target is still dead.
+    ///
+    /// RSPLIB's rspregistrar never delivers TAKEOVER_SERVER (it sends it
+    /// without a destination, and the send fails), so after acking its
+    /// INIT_TAKEOVER we learn of its win only from what follows: its next
+    /// presence announces a checksum with the target's PEs, our audit
+    /// resyncs them to it, and the PEs' re-registrations there come as
+    /// ADD_PE. So when we acked someone else's takeover and the target owns
+    /// nothing any more in our view, the initiator won: we drop the target
+    /// as taken over by it, as TAKEOVER_SERVER would have made us do. While
+    /// a resync with the initiator is under way we wait for it. Only PEs
+    /// still left with the target (the winner died, or never won) make us
+    /// take over ourselves.
     pub(super) fn takeover_timer(&mut self, target: u32) {
         if self.enrp.takeovers.remove(&target).is_some() {
             self.enrp_stats.takeovers_aborted += 1;
         }
-        if self
-            .enrp
-            .peers
-            .get(&target)
-            .is_some_and(|p| p.state == PeerState::Dead)
-        {
-            self.start_takeover(target);
+        let Some(p) = self.enrp.peers.get(&target) else {
+            return;
+        };
+        if p.state != PeerState::Dead {
+            return;
         }
+        if let Some(winner) = p.acked_takeover {
+            let winner_alive = self
+                .enrp
+                .peers
+                .get(&winner)
+                .is_some_and(|w| !matches!(w.state, PeerState::Dead | PeerState::Probing));
+            if winner_alive {
+                if self.space.hs.owned_count(target) == 0 {
+                    self.enrp_stats.takeovers_applied += 1;
+                    self.remove_peer(target, winner);
+                    return;
+                }
+                let syncing = self.enrp.resync.as_ref().is_some_and(|r| r.peer == winner)
+                    || self.enrp.resync_queue.contains(&winner);
+                if syncing {
+                    let at = self.now + self.config.takeover_timeout;
+                    self.timers.set(Timer::Takeover(target), at);
+                    return;
+                }
+            }
+        }
+        self.start_takeover(target);
     }
 
     fn on_init_takeover(&mut self, initiator: u32, target: u32) {

@@ -139,8 +139,17 @@
 //!   DEL_PE goes out. A PE whose ASAP transport is SCTP is dialled
 //!   ([`Output::Connect`] with [`ConnKind::Sctp`]) and sent a keep-alive with
 //!   H=1 on the new association. A takeover not completed within
-//!   `takeover_timeout`, or someone else's we acked whose TAKEOVER_SERVER
-//!   never came, starts over while the target stays dead.
+//!   `takeover_timeout` starts over while the target stays dead. After we
+//!   acked someone else's, the same timeout without TAKEOVER_SERVER makes us
+//!   take over only if the target still owns PEs in our view: RSPLIB never
+//!   delivers TAKEOVER_SERVER, and its win shows instead as its new presence
+//!   checksum, which our audit follows (the target is then dropped as taken
+//!   over by the initiator; a resync with the initiator still running is
+//!   waited for).
+//! - **SCTP peers** are dialled from our ENRP endpoint (every address of it,
+//!   its port: [`Output::Connect::local`](Output::Connect)), because RSPLIB
+//!   ignores a presence whose Server Information port is not the
+//!   association's.
 //! - **ENRP_ERROR** for unrecognised messages/parameters per their action
 //!   bits (the codec's reports).
 //! - **Presence multicast** (opt-in, [`RegistrarConfig::enrp_multicast`];
@@ -255,6 +264,14 @@ pub enum Output {
         addr: SocketAddr,
         /// TCP (with the TCP mapping) or SCTP, as the peer's transport says.
         kind: ConnKind,
+        /// Local addresses (all with one port) to open the connection from;
+        /// empty: the system's choice. Set for SCTP ENRP peers when our own
+        /// ENRP endpoint ([`RegistrarConfig::enrp_transport`]) is SCTP: the
+        /// association then starts from the port our Server Information
+        /// names, which RSPLIB checks (it ignores a presence whose ENRP port
+        /// differs from the association's). If the bind fails the runtime
+        /// connects unbound.
+        local: Vec<SocketAddr>,
     },
 }
 

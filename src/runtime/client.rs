@@ -123,6 +123,7 @@ impl<H: ClientHandler> ClientDriver<H> {
                     Some(all) => Action::ConnectSctp {
                         conn: id,
                         addrs: all.clone(),
+                        local: Vec::new(),
                     },
                     None => Action::Connect { conn: id, addr },
                 };

@@ -164,6 +164,13 @@ pub enum Action {
         conn: ConnId,
         /// The peer's addresses, all with the same port.
         addrs: Vec<SocketAddr>,
+        /// Local addresses (all with one port) to open the association
+        /// from; empty: any, with an ephemeral port. An ENRP server dials its
+        /// peers from its ENRP endpoint, because RSPLIB ignores a presence
+        /// whose Server Information names another port than the
+        /// association's. If the bind fails the association is opened
+        /// unbound.
+        local: Vec<SocketAddr>,
     },
     /// Send this message to the configured announce group (dropped if none).
     Announce {

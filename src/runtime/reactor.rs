@@ -146,7 +146,8 @@ impl ListenSock {
 #[derive(Debug)]
 enum Target {
     Tcp(SocketAddr),
-    Sctp(Vec<SocketAddr>),
+    /// The peer's addresses, and the local ones to bind first (may be empty).
+    Sctp(Vec<SocketAddr>, Vec<SocketAddr>),
 }
 
 #[derive(Debug)]
@@ -452,12 +453,12 @@ impl<D: Driver> EventLoop<D> {
                     return;
                 }
             },
-            Target::Sctp(addrs) => {
+            Target::Sctp(addrs, local) => {
                 let Some(&first) = addrs.first() else {
                     self.failed_connects.push(conn);
                     return;
                 };
-                match SctpSocket::connect_start(&addrs, &self.cfg.sctp) {
+                match SctpSocket::connect_from(&local, &addrs, &self.cfg.sctp) {
                     Ok(sock) => (Transport::Sctp(SctpConn::new(sock, &self.cfg)), first),
                     Err(e) => {
                         if verbose() {
@@ -801,7 +802,9 @@ impl<D: Driver> EventLoop<D> {
             }
             Action::Close { conn, reason } => self.to_close.push((conn, reason)),
             Action::Connect { conn, addr } => self.connect(conn, Target::Tcp(addr), now),
-            Action::ConnectSctp { conn, addrs } => self.connect(conn, Target::Sctp(addrs), now),
+            Action::ConnectSctp { conn, addrs, local } => {
+                self.connect(conn, Target::Sctp(addrs, local), now)
+            }
             Action::Announce { msg } => {
                 if let (Some(sock), Some(group)) = (&self.announce, self.cfg.announce) {
                     match sock.send_to(&msg, group) {

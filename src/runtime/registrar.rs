@@ -292,6 +292,7 @@ impl RegistrarDriver {
                 conn,
                 addr,
                 kind: ConnKind::Tcp,
+                ..
             } => Action::Connect {
                 conn: ConnId(conn.0),
                 addr,
@@ -300,9 +301,11 @@ impl RegistrarDriver {
                 conn,
                 addr,
                 kind: ConnKind::Sctp,
+                local,
             } => Action::ConnectSctp {
                 conn: ConnId(conn.0),
                 addrs: vec![addr],
+                local,
             },
         })
     }
@@ -477,8 +480,10 @@ pub(crate) fn group_urls(addrs: &[(Proto, SocketAddr)]) -> Vec<String> {
     out.iter().map(|u| u.to_string()).collect()
 }
 
-/// Our ENRP transport for Server Information: the first ENRP listener (a
-/// wildcard address stays unspecified: peers then use the packet source).
+/// Our ENRP transport for Server Information: the first ENRP listener, with
+/// every address of a multi-homed SCTP one (a wildcard address stays
+/// unspecified: peers then use the packet source). The core also dials SCTP
+/// peers from it.
 fn enrp_transport_of(addrs: &[(Proto, SocketAddr)]) -> Option<Transport> {
     let &(proto, a) = addrs.first()?;
     Some(match proto {
@@ -490,7 +495,13 @@ fn enrp_transport_of(addrs: &[(Proto, SocketAddr)]) -> Option<Transport> {
         Proto::Sctp => Transport::Sctp {
             port: a.port(),
             transport_use: transport_use::DATA_ONLY,
-            addrs: vec![a.ip()],
+            // The loop reports a multi-homed endpoint as consecutive entries
+            // with one port.
+            addrs: addrs
+                .iter()
+                .take_while(|(p, b)| *p == Proto::Sctp && b.port() == a.port())
+                .map(|(_, b)| b.ip())
+                .collect(),
         },
     })
 }

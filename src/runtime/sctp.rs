@@ -346,6 +346,14 @@ impl SctpSocket {
     }
 
     /// A listener bound to all of `addrs`, with SO_REUSEADDR and `params`.
+    ///
+    /// SO_REUSEPORT is switched on only once the socket listens, so that
+    /// [`connect_from`](Self::connect_from) in this process can open
+    /// associations from the listening port, while another listener on the
+    /// same port (a second registrar started by mistake) still fails with
+    /// `EADDRINUSE` (Linux checks the flag of both sockets at bind time, and a
+    /// listener hashed without it joins no reuseport group, so incoming
+    /// associations all still come here).
     pub fn listen_on(addrs: &[SocketAddr], params: &SctpParams) -> io::Result<SctpSocket> {
         let s = SctpSocket::new_for(addrs)?;
         s.set_int(libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
@@ -353,13 +361,48 @@ impl SctpSocket {
         s.bind_all(addrs)?;
         // SAFETY: listen(2) on our descriptor.
         cvt(unsafe { libc::listen(s.fd.as_raw_fd(), 1024) })?;
+        // Not fatal: without it, connect_from falls back to an ephemeral port.
+        let _ = s.set_int(libc::SOL_SOCKET, libc::SO_REUSEPORT, 1);
         Ok(s)
     }
 
     /// Start connecting to the peer at `addrs` (one association, several
     /// addresses: sctp_connectx). Non-blocking: completion shows as writability.
     pub fn connect_start(addrs: &[SocketAddr], params: &SctpParams) -> io::Result<SctpSocket> {
-        let s = SctpSocket::new_for(addrs)?;
+        Self::connect_from(&[], addrs, params)
+    }
+
+    /// Like [`connect_start`](Self::connect_start), from the local addresses
+    /// `local` (all with one port; empty: the kernel picks the addresses and
+    /// an ephemeral port). Binding to the port of one of our own
+    /// [`listen_on`](Self::listen_on) listeners works (SO_REUSEADDR and
+    /// SO_REUSEPORT on both sockets): that is how an ENRP server makes its
+    /// associations to peers start from its ENRP port, which RSPLIB requires.
+    /// If the bind fails (an address that is not ours, a port taken by
+    /// another program), the socket is opened unbound instead; the caller
+    /// can tell from [`local_addr`](Self::local_addr). If an association
+    /// between exactly these addresses and ports exists already (the peer
+    /// dialled us first), the kernel refuses the connect (`EADDRNOTAVAIL`).
+    pub fn connect_from(
+        local: &[SocketAddr],
+        addrs: &[SocketAddr],
+        params: &SctpParams,
+    ) -> io::Result<SctpSocket> {
+        let mut s = None;
+        if !local.is_empty() {
+            let all: Vec<SocketAddr> = local.iter().chain(addrs).copied().collect();
+            let b = SctpSocket::new_for(&all)?;
+            b.set_int(libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+            if b.set_int(libc::SOL_SOCKET, libc::SO_REUSEPORT, 1).is_ok()
+                && b.bind_all(local).is_ok()
+            {
+                s = Some(b);
+            }
+        }
+        let s = match s {
+            Some(s) => s,
+            None => SctpSocket::new_for(addrs)?,
+        };
         s.apply_params(params)?;
         let mut packed = Vec::with_capacity(28 * addrs.len());
         for a in addrs {
@@ -747,6 +790,16 @@ impl SctpClient {
             sock,
             rx: Reassembly::new(1 << 20),
         })
+    }
+
+    /// A client on an association that is already up (one accepted from a
+    /// [`SctpSocket::listen_on`] listener, say: a test posing as a peer).
+    /// The socket stays non-blocking; the calls below wait with poll(2).
+    pub fn from_socket(sock: SctpSocket) -> SctpClient {
+        SctpClient {
+            sock,
+            rx: Reassembly::new(1 << 20),
+        }
     }
 
     /// The socket (addresses, shutdown).

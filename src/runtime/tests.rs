@@ -464,6 +464,7 @@ fn sctp_listener_without_kernel_support_is_unsupported() {
     assert!(h.call(move |d, _| d.out.push_back(Action::ConnectSctp {
         conn: id,
         addrs: vec!["127.0.0.1:9".parse().unwrap()],
+        local: vec![],
     })));
     wait_for(|| h.query(T, |d, _| d.failed.clone()).unwrap() == vec![id]);
     h.stop();
@@ -516,7 +517,8 @@ fn sctp_echo_through_the_loop_both_directions() {
     let to = addrs.clone();
     assert!(h.call(move |d, _| d.out.push_back(Action::ConnectSctp {
         conn: id,
-        addrs: to
+        addrs: to,
+        local: vec![],
     })));
     wait_for(|| {
         h.query(T, |d, _| d.received.clone())
@@ -552,6 +554,7 @@ fn sctp_connect_to_a_dead_port_fails_once() {
     assert!(h.call(move |d, _| d.out.push_back(Action::ConnectSctp {
         conn: id,
         addrs: vec!["127.0.0.1:9".parse().unwrap()],
+        local: vec![],
     })));
     wait_for(|| h.query(T, |d, _| d.failed.clone()).unwrap() == vec![id]);
     assert!(h.query(T, |d, _| d.connected.is_empty()).unwrap());
@@ -763,6 +766,76 @@ fn dynamic_listener_manual_acks_streams_and_received_acks() {
         let l = h.query(T, |d, _| d.listens[2].clone()).unwrap();
         assert!(l.1.unwrap_err().contains("no SCTP"), "clear error");
     }
+    h.stop();
+    t.join().unwrap();
+}
+
+#[test]
+fn sctp_connect_from_the_listening_port() {
+    if no_sctp() {
+        return;
+    }
+    // A loop listening on SCTP (our "ENRP endpoint") dials a peer from that
+    // endpoint's address and port, as ENRP does toward RSPLIB.
+    let cfg = RuntimeConfig {
+        listen: vec![EndpointUrl::parse("sctp://127.0.0.1:0").unwrap()],
+        ..RuntimeConfig::default()
+    };
+    let mut ev = EventLoop::new(cfg, Instant::now(), Dialer::default()).unwrap();
+    let ours = ev.local_addrs()[0].1;
+    let h = ev.handle();
+    let t = std::thread::spawn(move || ev.run().unwrap());
+    let peer = sctp::SctpSocket::listen_on(
+        &["127.0.0.1:0".parse().unwrap()],
+        &sctp::SctpParams::default(),
+    )
+    .unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let id = ConnId::driver(21);
+    assert!(h.call(move |d, _| d.out.push_back(Action::ConnectSctp {
+        conn: id,
+        addrs: vec![peer_addr],
+        local: vec![ours],
+    })));
+    wait_for(|| h.query(T, |d, _| d.connected.len()).unwrap() == 1);
+    let meta = h.query(T, |d, _| d.connected[0].1.clone()).unwrap();
+    assert_eq!(meta.local, ours, "{meta:?}");
+    let accepted = loop {
+        match peer.accept() {
+            Ok(s) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    // What the peer sees: the association comes from our listening port.
+    assert_eq!(accepted.peer_addr().unwrap(), ours);
+    // The listener still accepts associations of its own.
+    let _c = sctp::SctpClient::connect(&[ours], T).unwrap();
+    wait_for(|| h.query(T, |d, _| d.connected.len()).unwrap() == 2);
+    // Another listener on the port is still refused.
+    let e = sctp::SctpSocket::listen_on(&[ours], &sctp::SctpParams::default()).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+    // A second association between the same two endpoints is refused by the
+    // kernel: the connect fails once, the existing one is untouched.
+    let id2 = ConnId::driver(22);
+    assert!(h.call(move |d, _| d.out.push_back(Action::ConnectSctp {
+        conn: id2,
+        addrs: vec![peer_addr],
+        local: vec![ours],
+    })));
+    wait_for(|| h.query(T, |d, _| d.failed.clone()).unwrap() == vec![id2]);
+    // A local address that is not ours: opened unbound instead.
+    let id3 = ConnId::driver(23);
+    assert!(h.call(move |d, _| d.out.push_back(Action::ConnectSctp {
+        conn: id3,
+        addrs: vec![peer_addr],
+        local: vec!["192.0.2.1:9901".parse().unwrap()],
+    })));
+    wait_for(|| h.query(T, |d, _| d.connected.len()).unwrap() == 3);
+    let meta = h.query(T, |d, _| d.connected[2].1.clone()).unwrap();
+    assert_ne!(meta.local.port(), ours.port(), "{meta:?}");
     h.stop();
     t.join().unwrap();
 }
