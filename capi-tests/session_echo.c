@@ -492,6 +492,14 @@ int main(void) {
     CHECK(rserpool_strerror(RSERPOOL_ERR_WOULD_DEADLOCK) != NULL);
     CHECK_EQ_INT(rserpool_notification_size(), sizeof(rserpool_notification));
     CHECK_EQ_INT(rserpool_session_params_size(), sizeof(rserpool_session_params));
+    {
+        rserpool_config *cfg = NULL;
+        CHECK_EQ_INT(rserpool_config_set_heartbeat(NULL, 100, 3), RSERPOOL_ERR_NULL_POINTER);
+        CHECK_EQ_INT(rserpool_config_new(&cfg), RSERPOOL_OK);
+        CHECK_EQ_INT(rserpool_config_set_heartbeat(cfg, 100, 0), RSERPOOL_ERR_INVALID_ARGUMENT);
+        CHECK_EQ_INT(rserpool_config_set_heartbeat(cfg, 0, 3), RSERPOOL_OK);
+        CHECK_EQ_INT(rserpool_config_free(cfg), RSERPOOL_OK);
+    }
 
     rserpool_registrar_params_init(&rp);
     rp.asap_urls = asap;

@@ -15,7 +15,10 @@
  *    RSERPOOL_NOTIFY_FAILOVER with the re-sent sequence numbers in the
  *    buffer (too small a buffer first: it stays queued).
  * 3. A send with RSERPOOL_SEND_NO_FAILOVER on an automatic session: the
- *    failure is reported instead. */
+ *    failure is reported instead.
+ * 4. A PE that hangs (SIGSTOP) without closing anything: the TCP mapping
+ *    heartbeats (rserpool_config_set_heartbeat) find it out and the
+ *    session fails over. */
 #include <rserpool.h>
 
 #include <fcntl.h>
@@ -294,11 +297,54 @@ static void no_failover_send(rserpool_context *pu, struct child *y, struct child
     CHECK_EQ_INT(rserpool_session_close(s), RSERPOOL_OK);
 }
 
+/* ------------------------------------------------------------ phase 4 */
+
+static void hung_pe(rserpool_context *pu, struct child *d, struct child *e, const char *self,
+                    const char *url) {
+    rserpool_session *s = NULL;
+    rserpool_notification n;
+    uint8_t buf[256];
+    char want[32];
+    int failovers = 0;
+
+    CHECK_EQ_INT(rserpool_session_open(pu, (const uint8_t *)POOL, strlen(POOL), NULL, &s),
+                 RSERPOOL_OK);
+    CHECK_EQ_INT(rserpool_recv(s, &n, buf, sizeof buf, WAIT_MS), RSERPOOL_OK);
+    CHECK_EQ_INT(n.kind, RSERPOOL_NOTIFY_CONNECTED);
+    CHECK_EQ_INT(n.pe_id, d->pe_id);
+    CHECK(child_start(e, self, url));
+    send_text(s, "before", 0, 0);
+    CHECK(session_expect(s, "before"));
+    kill(d->pid, SIGSTOP);
+    send_text(s, "while-hung", 0, 1);
+    /* Nothing closes the connection: the heartbeats must notice. */
+    for (;;) {
+        int rc = rserpool_recv(s, &n, buf, sizeof buf - 1, WAIT_MS);
+        CHECK_EQ_INT(rc, RSERPOOL_OK);
+        if (rc != RSERPOOL_OK) break;
+        if (n.kind == RSERPOOL_NOTIFY_FAILOVER) {
+            failovers++;
+            CHECK_EQ_INT(n.from_pe_id, d->pe_id);
+            CHECK_EQ_INT(n.pe_id, e->pe_id);
+            continue;
+        }
+        buf[n.len] = 0;
+        snprintf(want, sizeof want, "while-hung");
+        CHECK_EQ_INT(n.kind, RSERPOOL_NOTIFY_DATA);
+        CHECK(strcmp((char *)buf, want) == 0);
+        break;
+    }
+    CHECK_EQ_INT(failovers, 1);
+    CHECK_EQ_INT(rserpool_session_close(s), RSERPOOL_OK);
+    child_kill(d); /* SIGKILL ends a stopped process too */
+}
+
 int main(int argc, char **argv) {
     const char *asap[] = {"tcp://127.0.0.1:0"};
     rserpool_registrar_params rp;
     rserpool_registrar *reg = NULL;
-    struct child a = {0, NULL, 0}, b = {0, NULL, 0}, c = {0, NULL, 0}, d = {0, NULL, 0};
+    struct child a = {0, NULL, 0}, b = {0, NULL, 0}, c = {0, NULL, 0}, d = {0, NULL, 0},
+                 e = {0, NULL, 0};
     struct child *live[2];
     char url[128];
     size_t len = 0;
@@ -315,7 +361,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     CHECK_EQ_INT(rserpool_registrar_local_url(reg, 0, url, sizeof url, &len), RSERPOOL_OK);
-    pu = session_context(url);
+    pu = session_context_hb(url, 200, 5);
 
     if (child_start(&a, argv[0], url)) {
         with_callback(pu, argv[0], url, &a, &b);
@@ -327,6 +373,7 @@ int main(int argc, char **argv) {
                 struct child *y = b.pid > 0 ? &b : &c;
                 no_failover_send(pu, y, &d, argv[0], url);
             }
+            if (d.pid > 0) hung_pe(pu, &d, &e, argv[0], url);
         }
     }
 
@@ -334,6 +381,7 @@ int main(int argc, char **argv) {
     child_kill(&b);
     child_kill(&c);
     child_kill(&d);
+    child_kill(&e);
     CHECK_EQ_INT(rserpool_context_free(pu), RSERPOOL_OK);
     CHECK_EQ_INT(rserpool_registrar_stop(reg), RSERPOOL_OK);
     TEST_DONE("session_failover");

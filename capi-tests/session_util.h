@@ -18,11 +18,15 @@
 /* How long a test waits for anything (valgrind, a loaded 2-core machine). */
 #define WAIT_MS 30000
 
-static inline rserpool_context *session_context(const char *registrar_url) {
+/* With heartbeats every `hb_ms` (0: the default, 30 s), `missed` in a row
+ * unanswered closing a connection. */
+static inline rserpool_context *session_context_hb(const char *registrar_url, uint32_t hb_ms,
+                                                   uint32_t missed) {
     rserpool_config *cfg = NULL;
     rserpool_context *ctx = NULL;
     CHECK_EQ_INT(rserpool_config_new(&cfg), RSERPOOL_OK);
     CHECK_EQ_INT(rserpool_config_add_registrar(cfg, registrar_url), RSERPOOL_OK);
+    if (hb_ms) CHECK_EQ_INT(rserpool_config_set_heartbeat(cfg, hb_ms, missed), RSERPOOL_OK);
     CHECK_EQ_INT(rserpool_config_set_timer(cfg, RSERPOOL_TIMER_T5_SERVER_HUNT, 200), RSERPOOL_OK);
     CHECK_EQ_INT(rserpool_config_set_timer(cfg, RSERPOOL_TIMER_T1_REQUEST, 2000), RSERPOOL_OK);
     CHECK_EQ_INT(rserpool_config_set_timer(cfg, RSERPOOL_TIMER_T2_REGISTRATION, 2000),
@@ -34,6 +38,10 @@ static inline rserpool_context *session_context(const char *registrar_url) {
     CHECK_EQ_INT(rserpool_context_new(cfg, &ctx), RSERPOOL_OK);
     rserpool_config_free(cfg);
     return ctx;
+}
+
+static inline rserpool_context *session_context(const char *registrar_url) {
+    return session_context_hb(registrar_url, 0, 0);
 }
 
 /* Listens on an ephemeral loopback port as a PE of `pool`. */

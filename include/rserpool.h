@@ -872,7 +872,7 @@ typedef void (*rserpool_failover_cb)(struct rserpool_session *session,
                                      void *user);
 
 /**
- * Where a pool user session stands (`rserpool_session_status`).
+ * Where a pool user session stands (`rserpool_session_get_status`).
  */
 typedef struct rserpool_session_status {
   /**
@@ -1034,6 +1034,24 @@ int rserpool_config_set_timer(struct rserpool_config *cfg, uint32_t which, uint3
 int rserpool_config_set_attempts(struct rserpool_config *cfg,
                                  uint32_t max_reg_attempt,
                                  uint32_t max_request_retransmit);
+
+/**
+ * Sets the TCP mapping heartbeats of every connection of a context made
+ * from this configuration (to registrars, and sessions' in both
+ * directions): a HEARTBEAT goes out after `interval_ms` without hearing
+ * from the peer (default 30000; 0 = none), and a connection whose peer
+ * left `max_missed` of them in a row unanswered is closed (default 3, at
+ * least 1). For a session that is a failed PE: it fails over, which is
+ * how a PE that hangs without closing its connections (stopped, livelocked,
+ * its host unreachable) is found out.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+ * RSERPOOL_ERR_INVALID_HANDLE or RSERPOOL_ERR_INVALID_ARGUMENT
+ * (`max_missed` 0 or above 100). Thread-safe.
+ */
+int rserpool_config_set_heartbeat(struct rserpool_config *cfg,
+                                  uint32_t interval_ms,
+                                  uint32_t max_missed);
 
 /**
  * Sets the unit of registration lives (`rserpool_pe_params.reg_life`):

@@ -689,6 +689,36 @@ pub extern "C" fn rserpool_config_set_attempts(
     })
 }
 
+/// Sets the TCP mapping heartbeats of every connection of a context made
+/// from this configuration (to registrars, and sessions' in both
+/// directions): a HEARTBEAT goes out after `interval_ms` without hearing
+/// from the peer (default 30000; 0 = none), and a connection whose peer
+/// left `max_missed` of them in a row unanswered is closed (default 3, at
+/// least 1). For a session that is a failed PE: it fails over, which is
+/// how a PE that hangs without closing its connections (stopped, livelocked,
+/// its host unreachable) is found out.
+///
+/// Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+/// RSERPOOL_ERR_INVALID_HANDLE or RSERPOOL_ERR_INVALID_ARGUMENT
+/// (`max_missed` 0 or above 100). Thread-safe.
+#[no_mangle]
+pub extern "C" fn rserpool_config_set_heartbeat(
+    cfg: *mut rserpool_config,
+    interval_ms: u32,
+    max_missed: u32,
+) -> c_int {
+    guard(|| {
+        with_config(cfg, |c| {
+            if max_missed == 0 || max_missed > 100 {
+                return Err(err(RserpoolErr::InvalidArgument));
+            }
+            c.heartbeat_interval = Duration::from_millis(u64::from(interval_ms));
+            c.heartbeat_max_missed = max_missed;
+            Ok(())
+        })
+    })
+}
+
 /// Sets the unit of registration lives (`rserpool_pe_params.reg_life`):
 /// RSERPOOL_REGLIFE_SECONDS (RFC 5354, default) or
 /// RSERPOOL_REGLIFE_MILLISECONDS (RSPLIB). Must match the registrar's.
