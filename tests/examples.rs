@@ -304,3 +304,81 @@ fn echo_pool_rides_through_a_registrar_crash() {
         regs.iter().all(|r| homes(&r.url).is_empty())
     });
 }
+
+#[test]
+fn file_transfer_example_fetches_a_file() {
+    make("file-transfer");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples-c/file-transfer");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("file-transfer-example-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    // Not a multiple of the chunk size, so the last chunk is a short one.
+    let data: Vec<u8> = (0..300_001u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(dir.join("data.bin"), &data).expect("write the file");
+    std::fs::write(dir.join("empty.bin"), b"").expect("write the file");
+    let dir_s = dir.to_str().expect("utf-8 path");
+    let reg = common::Proc::start(&[]);
+    for (server, client) in [
+        ("fileserver", "fileclient"),
+        ("fileserver-static", "fileclient-static"),
+    ] {
+        let pool = format!("files-{server}");
+        let mut srv = Lines::spawn(
+            root.join(server),
+            &["-p", &pool, "-d", "0", &reg.url, dir_s],
+            false,
+        );
+        let first = srv.line();
+        assert!(first.starts_with("fileserver: PE "), "{first}");
+        assert!(first.ends_with(&format!("serving {dir_s}")), "{first}");
+
+        for (name, want) in [("data.bin", &data[..]), ("empty.bin", &[][..])] {
+            let out = dir.join(format!("received-{client}-{name}"));
+            let o = Command::new(root.join(client))
+                .args(["-p", &pool, &reg.url, name])
+                .arg(&out)
+                .output()
+                .expect("fileclient runs");
+            let stdout = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                o.status.success(),
+                "{client}: {stdout}{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(
+                stdout.contains(&format!("received {} bytes of {name} in", want.len())),
+                "{stdout}"
+            );
+            assert!(
+                stdout.contains("0 failover(s), 0 duplicate byte(s)"),
+                "{stdout}"
+            );
+            assert_eq!(std::fs::read(&out).expect("the received file"), want);
+            let line = srv.line();
+            assert!(
+                line.contains(&format!("request {name} from 0 of {}", want.len())),
+                "{line}"
+            );
+        }
+
+        // No such file, and a name with a path: the server refuses, the
+        // client says so and fails.
+        for name in ["nope.bin", "../data.bin"] {
+            let o = Command::new(root.join(client))
+                .args(["-p", &pool, &reg.url, name])
+                .arg(dir.join("never"))
+                .output()
+                .expect("fileclient runs");
+            assert_eq!(o.status.code(), Some(1));
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.contains("the server refused"), "{err}");
+        }
+
+        srv.signal(libc::SIGINT);
+        let last = srv.line();
+        assert!(last.ends_with("deregistered: success"), "{last}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
