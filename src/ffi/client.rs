@@ -537,15 +537,7 @@ pub unsafe extern "C" fn rserpool_config_new(cfg_out: *mut *mut rserpool_config)
 /// the handle must not be used afterwards.
 #[no_mangle]
 pub extern "C" fn rserpool_config_free(cfg: *mut rserpool_config) -> c_int {
-    guard(|| {
-        if cfg.is_null() {
-            return RserpoolErr::Ok as c_int;
-        }
-        match CONFIGS.remove(cfg as usize) {
-            Some(_) => RserpoolErr::Ok as c_int,
-            None => err(RserpoolErr::InvalidHandle),
-        }
-    })
+    guard(|| CONFIGS.free_c(cfg as usize, drop))
 }
 
 /// Runs `f` on the configuration named by `cfg`.
@@ -810,18 +802,7 @@ pub unsafe extern "C" fn rserpool_context_new(
 /// freed or is not a context. Thread-safe.
 #[no_mangle]
 pub extern "C" fn rserpool_context_free(ctx: *mut rserpool_context) -> c_int {
-    guard(|| {
-        if ctx.is_null() {
-            return RserpoolErr::Ok as c_int;
-        }
-        match CONTEXTS.remove(ctx as usize) {
-            Some(c) => {
-                drop(c);
-                RserpoolErr::Ok as c_int
-            }
-            None => err(RserpoolErr::InvalidHandle),
-        }
-    })
+    guard(|| CONTEXTS.free_c(ctx as usize, drop))
 }
 
 // ------------------------------------------------------------------ pool element
