@@ -712,12 +712,23 @@ impl Hub {
     }
 
     fn on_ack(&mut self, client: &mut Client, conn: ConnId, cum_tsn: Option<u32>, now: Time) {
-        if let Some(Route::Pu(sid, c)) = self.routes.get(&conn) {
-            let (sid, c) = (*sid, *c);
-            if let Some(e) = self.pus.get(&sid) {
-                e.shared.core.lock().handle_ack(c, cum_tsn, now);
-                self.pump_pu(client, sid, now);
+        match self.routes.get(&conn) {
+            Some(Route::Pu(sid, c)) => {
+                let (sid, c) = (*sid, *c);
+                if let Some(e) = self.pus.get(&sid) {
+                    e.shared.core.lock().handle_ack(c, cum_tsn, now);
+                    self.pump_pu(client, sid, now);
+                }
             }
+            Some(Route::Pe) => {
+                // The pool user took a message in: wake writers waiting for
+                // room (PeSessionHandle::wait_in_flight).
+                if let Some(e) = self.pes.get(&conn) {
+                    e.shared.state.lock().core.handle_ack(cum_tsn);
+                    e.shared.cv.notify_all();
+                }
+            }
+            None => {}
         }
     }
 
