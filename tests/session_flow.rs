@@ -124,3 +124,83 @@ fn waiting_for_room_on_a_closed_session_fails() {
     let _ = h.send(&[0u8; 1000], 7);
     assert_eq!(h.wait_in_flight(0, Some(T)), Err(Error::SessionClosed));
 }
+
+#[test]
+fn without_acks_a_fast_pool_user_is_held_back_not_cut_off() {
+    use rserpool::session::SessionConfig;
+    const SIZE: usize = 32 << 10;
+    const COUNT: usize = 400; // 12.5 MiB, three times the write buffer's bound
+    let reg = registrar();
+    let pe_ctx = Context::new(config(&reg)).unwrap();
+    let server = pe_ctx
+        .pe_listen(PeListenParams::new(
+            "slow",
+            EndpointUrl::parse("tcp://127.0.0.1:0").unwrap(),
+            Policy::RoundRobin,
+        ))
+        .unwrap();
+    // A PE slower than the pool user.
+    let pe = std::thread::spawn(move || {
+        let s = server.accept(Some(T)).unwrap();
+        let mut got = 0usize;
+        while got < COUNT {
+            match s.recv(Some(T)).unwrap() {
+                PeNotification::Data { bytes, .. } => {
+                    assert!(
+                        bytes.iter().all(|&b| b == (got % 251) as u8),
+                        "message {got}"
+                    );
+                    got += 1;
+                    if got % 10 == 0 {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+                PeNotification::Closed => panic!("closed after {got} messages"),
+                _ => {}
+            }
+        }
+        s.ack();
+        server
+    });
+    let pu = Context::new(config(&reg)).unwrap();
+    let cfg = SessionConfig {
+        upper_layer_acks: false,
+        max_buffered_bytes: 2 << 20,
+        ..SessionConfig::default()
+    };
+    let s = pu
+        .open_session(
+            b"slow",
+            SessionOptions {
+                config: cfg,
+                wait_connected: Some(T),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let mut full = 0u64;
+    let mut i = 0;
+    while i < COUNT {
+        match s.send(&vec![(i % 251) as u8; SIZE], 7, 0) {
+            Ok(_) => i += 1,
+            Err(Error::BufferFull) => {
+                full += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("{e} after {i} messages"),
+        }
+    }
+    let server = pe.join().unwrap();
+    assert!(full > 0, "the pool user was never held back");
+    assert_eq!(s.stats().failovers, 0);
+    assert_eq!(s.stats().resent, 0);
+    s.close();
+    loop {
+        match s.recv(Some(T)).unwrap() {
+            Notification::Closed => break,
+            Notification::Connected { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    drop(server);
+}
