@@ -528,7 +528,7 @@ fn session_echo(size: usize, count: u64, acks: bool) -> Result<Duration, String>
             while i < count {
                 match s.send(&msg, 0, 0) {
                     Ok(_) => i += 1,
-                    Err(Error::BufferFull) => std::thread::yield_now(),
+                    Err(Error::BufferFull) => std::thread::sleep(Duration::from_micros(50)),
                     Err(e) => return Err(e),
                 }
             }
