@@ -204,3 +204,63 @@ fn without_acks_a_fast_pool_user_is_held_back_not_cut_off() {
     }
     drop(server);
 }
+
+#[test]
+fn an_echo_pe_never_outruns_a_slow_pool_user_with_the_default_bounds() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const SIZE: usize = 32 << 10;
+    const COUNT: usize = 400; // 12.5 MiB
+    let reg = registrar();
+    let pe_ctx = Context::new(config(&reg)).unwrap();
+    let server = pe_ctx
+        .pe_listen(PeListenParams::new(
+            "echo-big",
+            EndpointUrl::parse("tcp://127.0.0.1:0").unwrap(),
+            Policy::RoundRobin,
+        ))
+        .unwrap();
+    // Echo on the PE's loop thread: it cannot wait, the pool user's bounds
+    // are all that hold it back.
+    server.set_callback(Some(Box::new(|h, n| {
+        if let PeNotification::Data { ppid, bytes, .. } = n {
+            let _ = h.send(&bytes, ppid);
+        }
+    })));
+    let pu = Context::new(config(&reg)).unwrap();
+    let got = Arc::new(AtomicUsize::new(0));
+    let g = got.clone();
+    let s = pu
+        .open_session(
+            b"echo-big",
+            SessionOptions {
+                wait_connected: Some(T),
+                // A slow pool user: its loop thread takes a while per reply,
+                // so the PE's replies pile up on its side.
+                on_data: Some(Box::new(move |_, m| {
+                    assert_eq!(m.bytes.len(), SIZE);
+                    g.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_micros(300));
+                })),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let _accepted = server.accept(Some(T)).unwrap();
+    let msg = vec![7u8; SIZE];
+    let mut i = 0;
+    while i < COUNT {
+        match s.send(&msg, 7, 0) {
+            Ok(_) => i += 1,
+            Err(Error::BufferFull) => std::thread::sleep(Duration::from_millis(1)),
+            Err(e) => panic!("{e} after {i} messages"),
+        }
+    }
+    let deadline = std::time::Instant::now() + T;
+    while got.load(Ordering::Relaxed) < COUNT {
+        assert!(std::time::Instant::now() < deadline, "{got:?} replies");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(s.stats().failovers, 0, "the connection was cut");
+    assert_eq!(s.stats().connect_attempts, 1);
+}

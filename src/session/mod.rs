@@ -113,7 +113,11 @@ pub struct SessionConfig {
     pub auto_failover: bool,
     /// Most messages buffered (queued plus unacknowledged). Default 1024.
     pub max_buffered: usize,
-    /// Most payload bytes buffered. Default 4 MiB.
+    /// Most payload bytes buffered. Default 2 MiB: the runtime closes a
+    /// connection whose write buffer passes 4 MiB, and a PE that answers
+    /// every message (an echo from its loop thread cannot wait) has as much
+    /// in flight back as the pool user has toward it, plus framing; half the
+    /// runtime's bound keeps both sides clear of it.
     pub max_buffered_bytes: usize,
     /// A connect attempt not answered within this counts as failed. Default 5 s.
     pub connect_timeout: Duration,
@@ -135,7 +139,7 @@ impl Default for SessionConfig {
             upper_layer_acks: true,
             auto_failover: true,
             max_buffered: 1024,
-            max_buffered_bytes: 4 << 20,
+            max_buffered_bytes: 2 << 20,
             connect_timeout: Duration::from_secs(5),
             max_attempts: 5,
             retry_interval: Duration::from_secs(1),

@@ -180,7 +180,6 @@ fn run_failover(a: &FailoverBenchArgs, url: &str) -> i32 {
     let config = SessionConfig {
         upper_layer_acks: !a.no_acks,
         max_buffered: 1 << 16,
-        max_buffered_bytes: 64 << 20,
         ..SessionConfig::default()
     };
     let s = match ctx.open_session(
