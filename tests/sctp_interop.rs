@@ -54,6 +54,7 @@ fn sctp_suite_in_a_vm() {
             "sctp_registrar-",
             "register_and_resolve_over_multihomed_sctp",
         ),
+        ("session_runtime-", "sctp_echo_and_failover"),
     ] {
         match test_binary(&deps, prefix, marker) {
             Some(p) => tests.push(p.display().to_string()),

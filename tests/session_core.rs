@@ -1232,3 +1232,61 @@ fn pe_session_counts_what_the_pool_user_has_not_taken_in() {
     assert_eq!(pe.stats().unexpected_acks, 2);
     assert_eq!((pe.stats().sent, pe.stats().acked_by_peer), (3, 3));
 }
+
+#[test]
+fn own_business_card_goes_after_the_cookie_echo_on_every_connection() {
+    let card = (pool(), vec![pe_param(9)]);
+    let mut pu = Session::open(pool(), SessionConfig::default(), Time::ZERO);
+    let need = |pu: &mut Session| match pu.poll_output() {
+        Some(Output::NeedServer { .. }) => {}
+        o => panic!("{o:?}"),
+    };
+    need(&mut pu);
+    pu.handle_server(pe_param(1), Time::ZERO);
+    let c0 = match pu.poll_output() {
+        Some(Output::Connect { conn, .. }) => conn,
+        o => panic!("{o:?}"),
+    };
+    pu.handle_connected(c0, Time::ZERO);
+    assert_eq!(pu.poll_event(), Some(Event::Connected { pe: 1 }));
+    pu.send(b"m0", PPID_APP, SendOptions::default()).unwrap();
+    // Set while connected: goes out at once, after what was already queued.
+    pu.set_business_card(Some(card.clone())).unwrap();
+    let sends: Vec<(u32, u32)> = std::iter::from_fn(|| pu.poll_output())
+        .map(|o| match o {
+            Output::Send { tsn, ppid, .. } => (tsn, ppid),
+            o => panic!("{o:?}"),
+        })
+        .collect();
+    assert_eq!(sends, vec![(0, PPID_ASAP), (1, PPID_APP)]);
+    pu.handle_ack(c0, Some(1), Time::ZERO);
+    let mut cookie = Vec::new();
+    AsapMessage::Cookie(b"k".to_vec()).encode(&mut cookie);
+    pu.handle_data(c0, 0, PPID_ASAP, &cookie, Time::ZERO);
+    pu.handle_closed(c0, Time::ZERO);
+    assert!(matches!(
+        pu.poll_output(),
+        Some(Output::ReportUnreachable { pe_id: 1, .. })
+    ));
+    need(&mut pu);
+    pu.handle_server(pe_param(2), Time::ZERO);
+    let c1 = match pu.poll_output() {
+        Some(Output::Connect { conn, .. }) => conn,
+        o => panic!("{o:?}"),
+    };
+    pu.handle_connected(c1, Time::ZERO);
+    let first: Vec<AsapMessage> = std::iter::from_fn(|| pu.poll_output())
+        .map(|o| match o {
+            Output::Send { ppid, bytes, .. } => {
+                assert_eq!(ppid, PPID_ASAP);
+                AsapMessage::decode(&bytes).unwrap().msg
+            }
+            o => panic!("{o:?}"),
+        })
+        .collect();
+    assert_eq!(first.len(), 2);
+    assert_eq!(first[0], AsapMessage::CookieEcho(b"k".to_vec()));
+    assert!(matches!(&first[1], AsapMessage::BusinessCard { elements, .. } if elements[0].id == 9));
+    pu.close();
+    assert_eq!(pu.set_business_card(None), Err(SendError::Closed));
+}

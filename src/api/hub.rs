@@ -814,7 +814,10 @@ impl Hub {
             }
         };
         if let Some(tx) = reply {
-            let _ = tx.send(r);
+            if tx.send(r).is_err() && self.listeners.remove(&id).is_some() {
+                // pe_listen gave up waiting: nobody will use it.
+                self.actions.push_back(Action::Unlisten { id });
+            }
         }
     }
 
@@ -847,6 +850,7 @@ impl Hub {
                 closed: false,
                 closed_told: false,
                 closing: false,
+                aborted: false,
             }),
             cv: parking_lot::Condvar::new(),
             needs_pump: Default::default(),
@@ -883,6 +887,9 @@ impl Hub {
             let cb = shared.callback.lock().clone();
             let (outs, next, close) = {
                 let mut st = shared.state.lock();
+                if st.aborted {
+                    return;
+                }
                 let outs: Vec<PeOutput> = std::iter::from_fn(|| st.core.poll_output()).collect();
                 let next = match &cb {
                     Some(_) if outs.is_empty() => st.next(),

@@ -204,6 +204,14 @@ pub struct Config {
     /// How long dropping the context waits for the deregistration of the PEs
     /// still registered. Default 2 s.
     pub shutdown_timeout: Duration,
+    /// TCP mapping heartbeats on every connection of the context (to
+    /// registrars, and sessions' both ways): a HEARTBEAT after this long
+    /// without hearing from the peer. Default 30 s (SCTP's HB.interval).
+    pub heartbeat_interval: Duration,
+    /// A connection whose peer left this many HEARTBEATs in a row
+    /// unanswered is closed: for a session, a failed PE (fail-over).
+    /// Default 3.
+    pub heartbeat_max_missed: u32,
 }
 
 impl Default for Config {
@@ -213,6 +221,8 @@ impl Default for Config {
             announce: None,
             client: ClientConfig::default(),
             shutdown_timeout: Duration::from_secs(2),
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_max_missed: 3,
         }
     }
 }
@@ -469,6 +479,8 @@ impl Context {
         }
         let rt = RuntimeConfig {
             connect_timeout: ccfg.t5_server_hunt.max(Duration::from_millis(100)),
+            heartbeat_interval: config.heartbeat_interval,
+            heartbeat_max_missed: config.heartbeat_max_missed,
             ..RuntimeConfig::default()
         };
         let origin = Instant::now();
@@ -728,12 +740,18 @@ impl Context {
                 }
             })
         });
-        if posted {
+        // Dropped in a callback, on the loop thread itself: nobody could
+        // answer or be joined; the loop deregisters and stops after the
+        // callback returns, and its thread ends on its own.
+        let on_loop = self.lp.on_loop();
+        if posted && !on_loop {
             let _ = rx.recv_timeout(self.shutdown_timeout);
         }
         self.lp.handle.stop();
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            if !on_loop {
+                let _ = t.join();
+            }
         }
         if let Some((stop, t)) = self.announce.take() {
             stop.store(true, Ordering::Relaxed);
@@ -986,6 +1004,7 @@ impl Context {
             }),
             cv: Condvar::new(),
             callback: Mutex::new(None),
+            sessions: Mutex::new(Vec::new()),
             lp: self.lp.clone(),
         });
         let (tx, rx) = bounded(1);

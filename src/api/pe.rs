@@ -116,11 +116,18 @@ pub(crate) struct PeServerShared {
     pub(crate) cv: Condvar,
     /// Installed on every session accepted from now on.
     pub(crate) callback: Mutex<Option<Arc<Mutex<PeCallback>>>>,
+    /// Every session it accepted (for [`PeServer::abort`]).
+    pub(crate) sessions: Mutex<Vec<std::sync::Weak<PeShared>>>,
     pub(crate) lp: Arc<LoopRef>,
 }
 
 impl PeServerShared {
     pub(crate) fn push(&self, h: PeSessionHandle) {
+        {
+            let mut all = self.sessions.lock();
+            all.retain(|w| w.strong_count() > 0);
+            all.push(Arc::downgrade(&h.inner.shared));
+        }
         let mut st = self.accept.lock();
         if st.closed {
             return; // dropped: closes it
@@ -143,6 +150,8 @@ pub(crate) struct PeState {
     pub(crate) closed_told: bool,
     /// The application closed it.
     pub(crate) closing: bool,
+    /// Crashed on purpose ([`PeServer::abort`]): nothing more goes out.
+    pub(crate) aborted: bool,
 }
 
 impl PeState {
@@ -193,6 +202,9 @@ impl Drop for PeSessionInner {
         let s = &self.shared;
         {
             let mut st = s.state.lock();
+            if st.closed {
+                return;
+            }
             st.core.ack();
             st.closing = true;
         }
@@ -439,6 +451,9 @@ impl PeSessionHandle {
         let s = self.shared();
         {
             let mut st = s.state.lock();
+            if st.closed {
+                return;
+            }
             st.core.ack();
             st.closing = true;
         }
@@ -570,6 +585,18 @@ impl PeServer {
         let listener = self.shared.listener;
         let pe_id = self.pe_id();
         if abort {
+            // Like a crash: what was not handed to the loop yet (ACKs above
+            // all) never goes out, whatever the handles do from now on.
+            let all = std::mem::take(&mut *self.shared.sessions.lock());
+            for s in all.iter().filter_map(std::sync::Weak::upgrade) {
+                let mut st = s.state.lock();
+                st.aborted = true;
+                st.closed = true;
+                while st.core.poll_output().is_some() {}
+                st.sync();
+                drop(st);
+                s.cv.notify_all();
+            }
             lp.submit(Work::AbortServer { listener, pe_id });
             drop(pending);
             return Ok(());

@@ -299,8 +299,8 @@ impl Session {
     /// session moves to that PE if it is on another one (without reporting
     /// the old one; messages it never acknowledged go to the new PE, as after
     /// a fail-over, and the fail-over callback runs). The PE must be among
-    /// those the session's pool resolution listed ([`Error::UnknownPe`]
-    /// otherwise). Never waits.
+    /// those the session's pool resolution or the PE's business card listed
+    /// ([`Error::UnknownPe`] otherwise). Never waits.
     pub fn send_to_pe(
         &self,
         pe_id: u32,
@@ -317,7 +317,11 @@ impl Session {
             let mut c = s.core.lock();
             let on_it = c.current_pe().is_some_and(|p| p.id == pe_id);
             if !on_it {
-                let pe = pe.ok_or(Error::UnknownPe)?;
+                // From the pool's resolution, else the PE's business card.
+                let card = c
+                    .business_card()
+                    .and_then(|(_, pes)| pes.iter().find(|p| p.id == pe_id).cloned());
+                let pe = pe.or(card).ok_or(Error::UnknownPe)?;
                 c.switch_to(pe, s.lp.now())
                     .map_err(|_| Error::SessionClosed)?;
             }
@@ -331,6 +335,29 @@ impl Session {
         };
         s.request_pump();
         Ok(receipt)
+    }
+
+    /// This pool user is also a PE of `pool`: send our business card (the
+    /// PEs the PE should fail over to, in order) now if connected, and after
+    /// the cookie echo on every new connection. `None` stops it.
+    pub fn send_business_card(
+        &self,
+        card: Option<(crate::wire::PoolHandle, Vec<PoolElement>)>,
+    ) -> Result<(), Error> {
+        let s = self.shared();
+        s.core.lock().set_business_card(card).map_err(send_err)?;
+        s.request_pump();
+        Ok(())
+    }
+
+    /// The latest business card from the PE: its pool and the PEs to fail
+    /// over to, in order (tried before the pool's policy).
+    pub fn business_card(&self) -> Option<(crate::wire::PoolHandle, Vec<PoolElement>)> {
+        self.shared()
+            .core
+            .lock()
+            .business_card()
+            .map(|(p, v)| (p.clone(), v.to_vec()))
     }
 
     /// The next notification, waiting at most `timeout` (`None`: no bound).

@@ -30,6 +30,7 @@
 //!   [`Session::handle_timeout`];
 //! - commands: [`Session::send`], [`Session::failover_now`],
 //!   [`Session::switch_to`] (move to a PE the application chose),
+//!   [`Session::set_business_card`] (a pool user that is also a PE),
 //!   [`Session::close`], [`Session::take_unsent`];
 //! - `poll_*`: after every input or command drain [`Session::poll_output`]
 //!   until `None`, then [`Session::poll_event`] until `None` (and loop back
@@ -71,7 +72,8 @@
 //!    available through [`Session::take_unsent`]).
 //! 4. Connected: ASAP_COOKIE_ECHO with the latest cookie is the first DATA
 //!    chunk (only if the PE announced a control channel, Transport Use
-//!    DATA_PLUS_CONTROL, and a cookie was received), then
+//!    DATA_PLUS_CONTROL, and a cookie was received), our own business card
+//!    next (if set), then
 //!    [`Event::Failover`]. Messages the application sends from the moment the
 //!    event is queued until its next `poll_output` call (its fail-over
 //!    callback) go out before the re-sent ones; then the re-sent messages,
@@ -460,6 +462,8 @@ pub struct Session {
     callback_open: bool,
     cookie: Option<Vec<u8>>,
     card: Option<(PoolHandle, Vec<PoolElement>)>,
+    /// Our own business card (a PU that is also a PE), encoded.
+    my_card: Option<Vec<u8>>,
     out: VecDeque<Output>,
     events: VecDeque<Event>,
     stats: SessionStats,
@@ -520,6 +524,7 @@ impl Session {
             callback_open: false,
             cookie: None,
             card: None,
+            my_card: None,
             out: VecDeque::new(),
             events: VecDeque::new(),
             stats: SessionStats::default(),
@@ -702,6 +707,19 @@ impl Session {
                 unordered: false,
                 ppid: PPID_ASAP,
                 bytes,
+                seq: None,
+            });
+            inflight.push_back((next_tsn, Sent::Control));
+            next_tsn = next_tsn.wrapping_add(1);
+        }
+        if let (Some(bytes), true) = (&self.my_card, control) {
+            self.out.push_back(Output::Send {
+                conn,
+                tsn: next_tsn,
+                stream: 0,
+                unordered: false,
+                ppid: PPID_ASAP,
+                bytes: bytes.clone(),
                 seq: None,
             });
             inflight.push_back((next_tsn, Sent::Control));
@@ -909,6 +927,57 @@ impl Session {
             attempts: 0,
         });
         self.start_connect(pe);
+        Ok(())
+    }
+
+    /// Our business card (this pool user is also a PE of `pool`; the PE
+    /// should fail over to `elements`, in order): sent at once on the
+    /// control channel if connected, and again on every new connection,
+    /// right after the cookie echo. `None` stops sending it.
+    pub fn set_business_card(
+        &mut self,
+        card: Option<(PoolHandle, Vec<PoolElement>)>,
+    ) -> Result<(), SendError> {
+        if matches!(self.phase, Phase::Closed) {
+            return Err(SendError::Closed);
+        }
+        let Some((pool_handle, elements)) = card else {
+            self.my_card = None;
+            return Ok(());
+        };
+        let msg = AsapMessage::BusinessCard {
+            pool_handle,
+            policy: None,
+            elements,
+        };
+        if msg.encoded_len() > MAX_MESSAGE_LEN {
+            return Err(SendError::TooLarge);
+        }
+        let mut bytes = Vec::new();
+        msg.encode(&mut bytes);
+        if let Phase::Up {
+            conn,
+            pe,
+            next_tsn,
+            inflight,
+        } = &mut self.phase
+        {
+            if pe.user_transport.transport_use() != crate::wire::transport_use::DATA_ONLY {
+                let tsn = *next_tsn;
+                *next_tsn = tsn.wrapping_add(1);
+                inflight.push_back((tsn, Sent::Control));
+                self.out.push_back(Output::Send {
+                    conn: *conn,
+                    tsn,
+                    stream: 0,
+                    unordered: false,
+                    ppid: PPID_ASAP,
+                    bytes: bytes.clone(),
+                    seq: None,
+                });
+            }
+        }
+        self.my_card = Some(bytes);
         Ok(())
     }
 
