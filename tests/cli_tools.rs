@@ -253,6 +253,48 @@ fn pu_echoes_through_the_pool_and_fails_over_with_the_cookie() {
 }
 
 #[test]
+fn pu_leaves_a_hung_pe_after_missed_heartbeats() {
+    let reg = Proc::start(&[]);
+    let (mut a, id_a) = pe(&reg, "HangPool", &["--service", "echo"]);
+    let (mut b, id_b) = pe(&reg, "HangPool", &["--service", "echo"]);
+    let mut pu = Run::start(&[
+        "pu",
+        "--registrar",
+        &reg.url,
+        "--pool",
+        "HangPool",
+        "--heartbeat-interval",
+        "100ms",
+        "--heartbeat-max-missed",
+        "2",
+    ]);
+    pu.send("before");
+    assert_eq!(pu.line(), "before");
+    let serving = last_pe(&pu.wait_err("connected to PE"));
+    let (hung, other) = if serving == id_a {
+        (&mut a, id_b)
+    } else {
+        (&mut b, id_a)
+    };
+    // Stopped, not dead: its connections stay open, it just says nothing.
+    hung.signal(libc::SIGSTOP);
+    pu.send("after");
+    assert_eq!(pu.line(), "after");
+    let fo = pu.wait_err("failover from PE");
+    assert!(
+        fo.contains(&format!(
+            "failover from PE {} to PE {}",
+            hex(serving),
+            hex(other)
+        )),
+        "{fo}"
+    );
+    hung.signal(libc::SIGCONT);
+    pu.close_stdin();
+    assert_eq!(pu.wait(), 0);
+}
+
+#[test]
 fn pingpong_reply_numbers_continue_on_the_next_pe() {
     let reg = Proc::start(&[]);
     let (mut a, id_a) = pe(&reg, "PingPool", &["--service", "pingpong"]);

@@ -62,6 +62,14 @@ pub struct ClientArgs {
     /// (default 1s; 0 = always ask).
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub stale_cache: Option<Duration>,
+    /// TCP mapping: send a HEARTBEAT on a connection (to registrars, and a
+    /// session's both ways) silent for this long (default 30s).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub heartbeat_interval: Option<Duration>,
+    /// TCP mapping: close a connection after this many HEARTBEATs in a row
+    /// go unanswered; for a pool user, a hung PE: fail over (default 3).
+    #[arg(long, value_name = "N")]
+    pub heartbeat_max_missed: Option<u32>,
 }
 
 impl ClientArgs {
@@ -95,6 +103,12 @@ impl ClientArgs {
         }
         if let Some(d) = self.stale_cache {
             c.client.stale_cache = d;
+        }
+        if let Some(d) = self.heartbeat_interval {
+            c.heartbeat_interval = d;
+        }
+        if let Some(n) = self.heartbeat_max_missed {
+            c.heartbeat_max_missed = n.max(1);
         }
         for r in &self.registrars {
             c.add_registrar(r)
