@@ -515,7 +515,19 @@ fn demo_fails_over_and_loses_nothing() {
     assert_eq!(out.matches("registered in DemoPool").count(), 3, "{out}");
     assert!(out.contains("killing PE"), "{out}");
     assert!(out.contains("failover from PE"), "{out}");
-    assert!(out.contains("5 unacknowledged messages re-sent"), "{out}");
+    // The request the killed PE was working on (and those queued behind it,
+    // unless the pool user had not sent them yet) went to the next PE.
+    let fo = out
+        .lines()
+        .find(|l| l.contains("failover from PE"))
+        .unwrap();
+    let resent: u32 = fo
+        .split(": ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!((1..=5).contains(&resent), "{fo}");
     assert!(out.contains("cookie echo"), "{out}");
     assert!(
         out.contains("all 10 messages answered exactly once: none lost, none duplicated"),

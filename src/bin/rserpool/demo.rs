@@ -81,6 +81,7 @@ fn demo(n: &Narrator, a: &DemoArgs, url: &str) -> i32 {
         "--cookies",
         "--delay",
         &delay,
+        "--verbose",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -163,10 +164,24 @@ fn demo(n: &Narrator, a: &DemoArgs, url: &str) -> i32 {
         a.messages + 1,
         a.delay.as_millis()
     ));
-    std::thread::sleep(a.delay / 2);
     let Some(victim) = pes.iter().position(|p| p.pe_id == on) else {
         return fail("the serving PE is not one of ours");
     };
+    // Its line for the message it now works on (`--verbose`: one line per
+    // message, before the work), then half the work time.
+    let mut seen = 0;
+    let deadline = Instant::now() + T;
+    while seen <= a.messages {
+        match pes[victim]
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            Ok(line) if line.contains(" bytes from ") => seen += 1,
+            Ok(_) => {}
+            Err(_) => return fail("the serving PE did not get the messages"),
+        }
+    }
+    std::thread::sleep(a.delay / 2);
     n.say(format_args!(
         "killing PE {} (SIGKILL to pid {})",
         name(&pes, on),
