@@ -13,10 +13,11 @@
 //!     through the entries) with a head that advances by one per resolution;
 //!   - LU, LUD, PLU, PRIO, WRR: an ordered set of `(key, seq, index)`; ties in `key`
 //!     are served round-robin by giving selected tied PEs a fresh, larger `seq`;
-//!     WRR uses stride scheduling (key = pass value);
+//!     WRR uses stride scheduling (key = pass value). The sets are B+ trees whose
+//!     nodes share one arena (see `ordered`); an entry keeps the leaf holding it.
 //!     (An indexed 4-ary heap was tried instead: 16 bytes/PE less and faster
 //!     re-registration, but 2-4x slower resolution from unpredictable branches in
-//!     the top-k walk; resolution is the hot path, so the B-tree stayed.)
+//!     the top-k walk; resolution is the hot path, so an ordered structure stayed.)
 //!   - RAND, WRAND, RLU: a dense array with swap-remove, plus a Fenwick tree of
 //!     weights for WRAND/RLU (weighted sampling without replacement).
 //! * Expiry uses lazy timer buckets of configurable width; re-registration only
@@ -31,6 +32,7 @@
 mod checksum;
 mod fenwick;
 mod hash;
+mod ordered;
 pub mod rng;
 mod transport;
 
@@ -41,8 +43,9 @@ use crate::time::Time;
 use crate::wire::types::{cause, policy_type, Policy, PoolElement, PoolHandle, Transport};
 use fenwick::Fenwick;
 use hash::{PreHashed, SeededState};
+use ordered::{pack, Arena, OrdSet};
 use rng::Rng;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 use transport::Stored;
@@ -216,7 +219,8 @@ struct Entry {
     lud: u32,
     /// Ordered-set tie breaker.
     seq: u32,
-    /// Ring: previous; dense: position; free: next free.
+    /// Ring: previous; dense: position; ordered set: the leaf holding it (a
+    /// hint that saves the descent when it leaves); free: next free.
     link_a: u32,
     /// Ring: next.
     link_b: u32,
@@ -250,7 +254,7 @@ enum Selector {
     },
     Ordered {
         kind: OrderKind,
-        set: BTreeSet<(u64, u32, u32)>,
+        set: OrdSet,
         next_seq: u32,
         /// WRR virtual time: pass of the last PE served first.
         vt: u64,
@@ -321,8 +325,10 @@ pub struct Handlespace {
     by_id: HashMap<PeKey, u32, SeededState>,
     owners: HashMap<u32, OwnerStat, SeededState>,
     buckets: BTreeMap<u64, Vec<u32>>,
+    /// The nodes of the pools' ordered sets.
+    ord: Arena,
     rng: Rng,
-    scratch: Vec<(u64, u32, u32)>,
+    scratch: Vec<u128>,
     scratch_w: Vec<(usize, u64)>,
 }
 
@@ -390,7 +396,7 @@ fn make_selector(ptype: u32) -> Selector {
     use policy_type::*;
     let ordered = |kind| Selector::Ordered {
         kind,
-        set: BTreeSet::new(),
+        set: OrdSet::default(),
         next_seq: 0,
         vt: 0,
     };
@@ -424,6 +430,12 @@ fn order_key(kind: OrderKind, e: &Entry) -> u64 {
         OrderKind::Prio => (u32::MAX - e.v1) as u64,
         OrderKind::Wrr => e.key,
     }
+}
+
+/// Records in the entries the leaf of the ordered set holding them (`link_a`).
+#[inline(always)]
+fn relinker(entries: &mut [Entry]) -> impl FnMut(u32, u32) + '_ {
+    move |i, leaf| entries[i as usize].link_a = leaf
 }
 
 #[inline]
@@ -602,6 +614,7 @@ impl Handlespace {
             by_id: HashMap::with_hasher(SeededState::new(cfg.hash_seed.rotate_left(17) ^ 0xa5a5)),
             owners: HashMap::with_hasher(SeededState::new(cfg.hash_seed.rotate_left(41) ^ 0x5a5a)),
             buckets: BTreeMap::new(),
+            ord: Arena::default(),
             rng: Rng::new(cfg.seed),
             scratch: Vec::new(),
             scratch_w: Vec::new(),
@@ -717,7 +730,7 @@ impl Handlespace {
                 }
             }
             Selector::Ordered { set, .. } => {
-                out.extend(set.iter().map(|k| ElementRef(k.2)));
+                out.extend(set.iter(&self.ord).map(|x| ElementRef(ordered::index(x))));
                 // WRR weight-0 PEs are outside the set.
                 if set.len() < pool.count as usize {
                     self.push_not_in_set(p, out);
@@ -961,7 +974,9 @@ impl Handlespace {
         }
         // Policy values: update the selection structure only if the position moves.
         let pool = self.pools[pool_idx as usize].as_mut().expect("live pool");
-        let e = &mut self.entries[idx as usize];
+        let entries = &mut self.entries;
+        let e = &mut entries[idx as usize];
+        let ord = &mut self.ord;
         match &mut pool.sel {
             Selector::Ring { .. } => {}
             Selector::Ordered {
@@ -972,38 +987,53 @@ impl Handlespace {
             } => {
                 let kind = *kind;
                 let in_set = e.flags & F_IN_SET != 0;
-                if kind == OrderKind::Wrr {
-                    if e.v1 != v1 {
-                        if in_set {
-                            set.remove(&(e.key, e.seq, idx));
-                            e.flags &= !F_IN_SET;
-                        }
-                        if v1 > 0 {
+                let (old, seq, leaf) = (e.key, e.seq, e.link_a);
+                // None if the PE keeps its place, else its new (key, seq) in the
+                // set, or None inside for a WRR PE leaving it (weight 0).
+                let moved = if kind == OrderKind::Wrr {
+                    if e.v1 == v1 {
+                        None
+                    } else {
+                        e.flags &= !F_IN_SET;
+                        let to = (v1 > 0).then(|| {
                             // Keep the PE's place in the cycle: re-scale its
                             // remaining distance to the new stride.
                             let base = if in_set {
-                                e.key.saturating_sub(wrr_stride(e.v1))
+                                old.saturating_sub(wrr_stride(e.v1))
                             } else {
                                 *vt
                             };
                             e.key = base.max(*vt).saturating_add(wrr_stride(v1));
                             e.seq = bump(next_seq);
-                            set.insert((e.key, e.seq, idx));
                             e.flags |= F_IN_SET;
-                        }
+                            (e.key, e.seq)
+                        });
+                        e.v1 = v1;
+                        Some(to)
                     }
-                    e.v1 = v1;
                 } else {
-                    let old = e.key;
                     e.v1 = v1;
                     e.v2 = v2;
                     e.lud = 0;
                     let key = order_key(kind, e);
-                    if key != old {
-                        set.remove(&(old, e.seq, idx));
+                    (key != old).then(|| {
                         e.key = key;
                         e.seq = bump(next_seq);
-                        set.insert((key, e.seq, idx));
+                        Some((key, e.seq))
+                    })
+                };
+                if let Some(to) = moved {
+                    let relink = &mut relinker(entries);
+                    let from = pack(old, seq, idx);
+                    match to {
+                        Some((key, seq)) if in_set => {
+                            set.replace(ord, from, leaf, pack(key, seq, idx), relink);
+                        }
+                        Some((key, seq)) => set.insert(ord, pack(key, seq, idx), relink),
+                        None if in_set => {
+                            set.remove(ord, from, leaf, relink);
+                        }
+                        None => {}
                     }
                 }
                 let wrap = *next_seq == u32::MAX || *vt >= WRR_LIMIT;
@@ -1131,6 +1161,7 @@ impl Handlespace {
     fn sel_insert(&mut self, p: u32, idx: u32) {
         let pool = self.pools[p as usize].as_mut().expect("live pool");
         let entries = &mut self.entries;
+        let ord = &mut self.ord;
         match &mut pool.sel {
             Selector::Ring { head } => {
                 if *head == NIL {
@@ -1164,7 +1195,8 @@ impl Handlespace {
                 }
                 e.seq = bump(next_seq);
                 e.flags |= F_IN_SET;
-                set.insert((e.key, e.seq, idx));
+                let x = pack(e.key, e.seq, idx);
+                set.insert(ord, x, &mut relinker(entries));
                 if *next_seq == u32::MAX {
                     self.renumber(p);
                 }
@@ -1183,6 +1215,7 @@ impl Handlespace {
     fn sel_remove(&mut self, p: u32, idx: u32) {
         let pool = self.pools[p as usize].as_mut().expect("live pool");
         let entries = &mut self.entries;
+        let ord = &mut self.ord;
         match &mut pool.sel {
             Selector::Ring { head } => {
                 let (prev, next) = (entries[idx as usize].link_a, entries[idx as usize].link_b);
@@ -1199,8 +1232,9 @@ impl Handlespace {
             Selector::Ordered { set, .. } => {
                 let e = &mut entries[idx as usize];
                 if e.flags & F_IN_SET != 0 {
-                    set.remove(&(e.key, e.seq, idx));
                     e.flags &= !F_IN_SET;
+                    let (x, leaf) = (pack(e.key, e.seq, idx), e.link_a);
+                    set.remove(ord, x, leaf, &mut relinker(entries));
                 }
             }
             Selector::Dense { members, fen } => {
@@ -1234,22 +1268,22 @@ impl Handlespace {
         } = &mut pool.sel
         {
             let base = if *kind == OrderKind::Wrr {
-                set.first().map_or(*vt, |f| f.0).min(*vt)
+                set.first(&self.ord).map_or(*vt, ordered::key).min(*vt)
             } else {
                 0
             };
-            let old = std::mem::take(set);
+            let sc = &mut self.scratch;
+            sc.clear();
             let mut seq = 0u32;
-            *set = old
-                .into_iter()
-                .map(|(k, _, i)| {
-                    let e = &mut self.entries[i as usize];
-                    e.key = k - base;
-                    e.seq = seq;
-                    seq += 1;
-                    (e.key, e.seq, i)
-                })
-                .collect();
+            sc.extend(set.iter(&self.ord).map(|x| {
+                let i = ordered::index(x);
+                let e = &mut self.entries[i as usize];
+                e.key = ordered::key(x) - base;
+                e.seq = seq;
+                seq += 1;
+                pack(e.key, e.seq, i)
+            }));
+            set.rebuild(&mut self.ord, sc, &mut relinker(&mut self.entries));
             *next_seq = seq;
             *vt -= base;
         }
@@ -1527,50 +1561,54 @@ impl Handlespace {
                 vt,
             } => {
                 let kind = *kind;
+                let ord = &mut self.ord;
                 let sc = &mut self.scratch;
                 sc.clear();
                 // The selected PEs plus their successor (for the tie check).
-                sc.extend(set.iter().take(items + 1).copied());
+                sc.extend(set.iter(ord).take(items + 1));
                 let sel = items.min(sc.len());
-                out.extend(sc[..sel].iter().map(|k| ElementRef(k.2)));
+                out.extend(sc[..sel].iter().map(|&x| ElementRef(ordered::index(x))));
                 match kind {
                     OrderKind::Wrr => {
                         if sel > 0 {
-                            let (k, s, i) = sc[0];
-                            set.remove(&(k, s, i));
+                            let x = sc[0];
+                            let (k, i) = (ordered::key(x), ordered::index(x));
                             let e = &mut entries[i as usize];
                             *vt = k;
                             e.key = k.saturating_add(wrr_stride(e.v1));
                             e.seq = bump(next_seq);
-                            set.insert((e.key, e.seq, i));
+                            let (y, leaf) = (pack(e.key, e.seq, i), e.link_a);
+                            set.replace(ord, x, leaf, y, &mut relinker(entries));
                         }
                     }
                     OrderKind::Lud => {
                         for j in 0..sel {
-                            let (k, s, i) = sc[j];
+                            let x = sc[j];
+                            let (k, i) = (ordered::key(x), ordered::index(x));
                             let e = &mut entries[i as usize];
                             e.lud = e.lud.saturating_add(1);
                             let nk = order_key(kind, e);
-                            let tie = (j > 0 && sc[j - 1].0 == k)
-                                || sc.get(j + 1).is_some_and(|x| x.0 == k);
+                            let tie = (j > 0 && ordered::key(sc[j - 1]) == k)
+                                || sc.get(j + 1).is_some_and(|&y| ordered::key(y) == k);
                             if nk != k || tie {
-                                set.remove(&(k, s, i));
                                 e.key = nk;
                                 e.seq = bump(next_seq);
-                                set.insert((nk, e.seq, i));
+                                let (y, leaf) = (pack(nk, e.seq, i), e.link_a);
+                                set.replace(ord, x, leaf, y, &mut relinker(entries));
                             }
                         }
                     }
                     _ => {
                         for j in 0..sel {
-                            let (k, s, i) = sc[j];
-                            let tie = (j > 0 && sc[j - 1].0 == k)
-                                || sc.get(j + 1).is_some_and(|x| x.0 == k);
+                            let x = sc[j];
+                            let (k, i) = (ordered::key(x), ordered::index(x));
+                            let tie = (j > 0 && ordered::key(sc[j - 1]) == k)
+                                || sc.get(j + 1).is_some_and(|&y| ordered::key(y) == k);
                             if tie {
-                                set.remove(&(k, s, i));
                                 let e = &mut entries[i as usize];
                                 e.seq = bump(next_seq);
-                                set.insert((k, e.seq, i));
+                                let (y, leaf) = (pack(k, e.seq, i), e.link_a);
+                                set.replace(ord, x, leaf, y, &mut relinker(entries));
                             }
                         }
                     }
