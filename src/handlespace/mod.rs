@@ -883,6 +883,17 @@ impl Handlespace {
             }
         };
 
+        // In a large handlespace the PE lookup below and the root of the pool's
+        // ordered set are both cache misses: start fetching the root first, so
+        // that the two overlap.
+        if let Some(Pool {
+            sel: Selector::Ordered { set, .. },
+            ..
+        }) = &self.pools[pool_idx as usize]
+        {
+            set.prefetch_root(&self.ord);
+        }
+
         // One hash and probe for both outcomes (the slot the new entry will get
         // is known before it is filled).
         let slot = match self.by_id.entry(PeKey {

@@ -255,14 +255,24 @@ impl OrdSet {
     fn descend(&self, a: &Arena, x: u128, path: &mut Path) -> u32 {
         let mut node = self.root;
         for p in path.iter_mut().take(self.height as usize) {
+            // Inner nodes are few and mostly cached (the root is prefetched by
+            // callers that can do it early): fetch only the leaf whole.
             let n = &a.nodes[node as usize];
-            prefetch(n);
             let c = upper_bound(n.seps(), x);
             *p = (node, c as u32);
             node = n.child(c);
         }
         prefetch(&a.nodes[node as usize]);
         node
+    }
+
+    /// Starts fetching the root, where every insertion and
+    /// [`replace`](Self::replace) starts.
+    #[inline]
+    pub fn prefetch_root(&self, a: &Arena) {
+        if let Some(n) = a.nodes.get(self.root as usize) {
+            prefetch(n);
+        }
     }
 
     /// Inserts `x`, which must not be in the set. `relink(index, leaf)` is told the
