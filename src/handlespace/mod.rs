@@ -7,7 +7,8 @@
 //!   ~112 bytes: ids, policy values, selection-structure links, expiry, and the user
 //!   and ASAP transports stored inline when they hold one IPv4 address.
 //! * Pools live in a slab too, found by handle through a seeded hash map. PEs are found
-//!   by `(pool index, PE id)` through one seeded hash map.
+//!   by `(pool index, PE id)` through one seeded hash table of cache-line buckets
+//!   (see `pe_table`), whose bucket is fetched while the pool is being looked up.
 //! * Each pool has one selection structure chosen by its policy type:
 //!   - RR and every private policy (X bit): a ring (intrusive doubly linked list
 //!     through the entries) with a head that advances by one per resolution;
@@ -33,6 +34,7 @@ mod checksum;
 mod fenwick;
 mod hash;
 mod ordered;
+mod pe_table;
 pub mod rng;
 mod transport;
 
@@ -44,9 +46,9 @@ use crate::wire::types::{cause, policy_type, Policy, PoolElement, PoolHandle, Tr
 use fenwick::Fenwick;
 use hash::{PreHashed, SeededState};
 use ordered::{pack, Arena, OrdSet};
+use pe_table::PeTable;
 use rng::Rng;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
 use std::time::Duration;
 use transport::Stored;
 
@@ -282,19 +284,6 @@ struct Pool {
     sel: Selector,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct PeKey {
-    pool: u32,
-    id: u32,
-}
-
-impl Hash for PeKey {
-    #[inline]
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        h.write_u64(((self.pool as u64) << 32) | self.id as u64);
-    }
-}
-
 #[derive(Debug, Default, Clone, Copy)]
 struct OwnerStat {
     words: u64,
@@ -322,7 +311,8 @@ pub struct Handlespace {
     /// chase through a pointer in the table.
     by_handle: HashMap<u64, u32, PreHashed>,
     handle_seed: u64,
-    by_id: HashMap<PeKey, u32, SeededState>,
+    /// PEs by (pool, id).
+    by_id: PeTable,
     owners: HashMap<u32, OwnerStat, SeededState>,
     buckets: BTreeMap<u64, Vec<u32>>,
     /// The nodes of the pools' ordered sets.
@@ -611,7 +601,7 @@ impl Handlespace {
             pool_count: 0,
             by_handle: HashMap::with_hasher(PreHashed),
             handle_seed: cfg.hash_seed,
-            by_id: HashMap::with_hasher(SeededState::new(cfg.hash_seed.rotate_left(17) ^ 0xa5a5)),
+            by_id: PeTable::new(cfg.hash_seed.rotate_left(17) ^ 0xa5a5),
             owners: HashMap::with_hasher(SeededState::new(cfg.hash_seed.rotate_left(41) ^ 0x5a5a)),
             buckets: BTreeMap::new(),
             ord: Arena::default(),
@@ -642,7 +632,13 @@ impl Handlespace {
 
     #[inline]
     fn pool_index(&self, handle: &[u8]) -> Option<u32> {
-        let mut p = *self.by_handle.get(&self.handle_hash(handle))?;
+        self.pool_index_h(handle, self.handle_hash(handle))
+    }
+
+    /// [`pool_index`](Self::pool_index) with the handle's hash already computed.
+    #[inline]
+    fn pool_index_h(&self, handle: &[u8], hh: u64) -> Option<u32> {
+        let mut p = *self.by_handle.get(&hh)?;
         loop {
             let pool = self.pool(p);
             if hash::bytes_eq(&pool.handle, handle) {
@@ -705,8 +701,11 @@ impl Handlespace {
     }
 
     fn find(&self, handle: &[u8], id: u32) -> Option<u32> {
-        let pool = self.pool_index(handle)?;
-        self.by_id.get(&PeKey { pool, id }).copied()
+        let hh = self.handle_hash(handle);
+        // The PE's bucket is fetched while the pool is looked up.
+        self.by_id.prefetch(hh, id);
+        let pool = self.pool_index_h(handle, hh)?;
+        self.by_id.get(hh, pool, id)
     }
 
     /// A PE by pool handle and id.
@@ -849,7 +848,10 @@ impl Handlespace {
         let expiry = self.expiry_of(pe, exp);
 
         // Pool consistency (0x5, 0x7, 0x8) or creation.
-        let pool_idx = match self.pool_index(handle) {
+        let hh = self.handle_hash(handle);
+        // The PE's bucket in by_id is fetched while the pool is looked up.
+        self.by_id.prefetch(hh, pe.id);
+        let pool_idx = match self.pool_index_h(handle, hh) {
             Some(p) => {
                 let pool = self.pool(p);
                 if pool.overall.policy_type() != ptype {
@@ -879,7 +881,7 @@ impl Handlespace {
                         RejectInfo::None,
                     ));
                 }
-                self.create_pool(handle, &pe.policy, ttype, tuse)
+                self.create_pool(handle, hh, &pe.policy, ttype, tuse)
             }
         };
 
@@ -896,12 +898,10 @@ impl Handlespace {
 
         // One hash and probe for both outcomes (the slot the new entry will get
         // is known before it is filled).
-        let slot = match self.by_id.entry(PeKey {
-            pool: pool_idx,
-            id: pe.id,
-        }) {
-            std::collections::hash_map::Entry::Occupied(o) => {
-                let idx = *o.get();
+        let pools = &self.pools;
+        let hash_of = |p: u32| pools[p as usize].as_ref().map_or(0, |p| p.hash);
+        let slot = match self.by_id.entry(hh, pool_idx, pe.id, hash_of) {
+            Ok(idx) => {
                 let prev = self.reregister(idx, pe, owner, v1, v2, extra, expiry);
                 return Ok(Registered {
                     new: false,
@@ -909,7 +909,7 @@ impl Handlespace {
                     previous_owner: Some(prev),
                 });
             }
-            std::collections::hash_map::Entry::Vacant(v) => v,
+            Err(v) => v,
         };
 
         let count = self.pools[pool_idx as usize]
@@ -951,7 +951,7 @@ impl Handlespace {
         } else {
             self.entries.len() as u32
         };
-        slot.insert(next);
+        self.by_id.insert(slot, next);
         let idx = self.alloc(entry);
         debug_assert_eq!(idx, next);
         self.live += 1;
@@ -1079,8 +1079,14 @@ impl Handlespace {
         prev_owner
     }
 
-    fn create_pool(&mut self, handle: &[u8], policy: &Policy, ttype: u16, tuse: u16) -> u32 {
-        let hash = self.handle_hash(handle);
+    fn create_pool(
+        &mut self,
+        handle: &[u8],
+        hash: u64,
+        policy: &Policy,
+        ttype: u16,
+        tuse: u16,
+    ) -> u32 {
         let pool = Pool {
             handle: handle.into(),
             hash,
@@ -1313,11 +1319,14 @@ impl Handlespace {
     /// existed.
     pub fn remove(&mut self, handle: &[u8], id: u32) -> bool {
         // Take the key out of by_id in the probe that finds it (not a lookup and
-        // then a second hash and probe to remove it).
-        let Some(pool) = self.pool_index(handle) else {
+        // then a second hash and probe to remove it), fetched while the pool is
+        // looked up.
+        let hh = self.handle_hash(handle);
+        self.by_id.prefetch(hh, id);
+        let Some(pool) = self.pool_index_h(handle, hh) else {
             return false;
         };
-        match self.by_id.remove(&PeKey { pool, id }) {
+        match self.by_id.remove(hh, pool, id) {
             Some(idx) => {
                 self.unlink_unkeyed(idx);
                 true
@@ -1344,11 +1353,8 @@ impl Handlespace {
 
     fn unlink(&mut self, idx: u32) {
         let e = &self.entries[idx as usize];
-        let key = PeKey {
-            pool: e.pool,
-            id: e.id,
-        };
-        self.by_id.remove(&key);
+        let (pool, id) = (e.pool, e.id);
+        self.by_id.remove(self.pool(pool).hash, pool, id);
         self.unlink_unkeyed(idx);
     }
 
