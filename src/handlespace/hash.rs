@@ -18,6 +18,14 @@ fn fold_mul(a: u64, b: u64) -> u64 {
     (m as u64) ^ ((m >> 64) as u64)
 }
 
+/// Keyed hash of a (handle hash, PE id) pair: one folded multiply, both sides
+/// carrying the key, so that no input can zero the product without it.
+#[inline(always)]
+pub fn hash_pair(seed: u64, a: u64, id: u32) -> u64 {
+    let id = id as u64;
+    fold_mul(a ^ seed ^ K0, (id | id << 32) ^ seed.rotate_left(32) ^ K1)
+}
+
 /// The first 8 bytes (callers guarantee at least 8): one load.
 #[inline(always)]
 fn read_u64(b: &[u8]) -> u64 {

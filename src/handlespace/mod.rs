@@ -7,16 +7,18 @@
 //!   ~112 bytes: ids, policy values, selection-structure links, expiry, and the user
 //!   and ASAP transports stored inline when they hold one IPv4 address.
 //! * Pools live in a slab too, found by handle through a seeded hash map. PEs are found
-//!   by `(pool index, PE id)` through one seeded hash map.
+//!   by `(pool index, PE id)` through one seeded hash table of cache-line buckets
+//!   (see `pe_table`), whose bucket is fetched while the pool is being looked up.
 //! * Each pool has one selection structure chosen by its policy type:
 //!   - RR and every private policy (X bit): a ring (intrusive doubly linked list
 //!     through the entries) with a head that advances by one per resolution;
 //!   - LU, LUD, PLU, PRIO, WRR: an ordered set of `(key, seq, index)`; ties in `key`
 //!     are served round-robin by giving selected tied PEs a fresh, larger `seq`;
-//!     WRR uses stride scheduling (key = pass value);
+//!     WRR uses stride scheduling (key = pass value). The sets are B+ trees whose
+//!     nodes share one arena (see `ordered`); an entry keeps the leaf holding it.
 //!     (An indexed 4-ary heap was tried instead: 16 bytes/PE less and faster
 //!     re-registration, but 2-4x slower resolution from unpredictable branches in
-//!     the top-k walk; resolution is the hot path, so the B-tree stayed.)
+//!     the top-k walk; resolution is the hot path, so an ordered structure stayed.)
 //!   - RAND, WRAND, RLU: a dense array with swap-remove, plus a Fenwick tree of
 //!     weights for WRAND/RLU (weighted sampling without replacement).
 //! * Expiry uses lazy timer buckets of configurable width; re-registration only
@@ -31,6 +33,8 @@
 mod checksum;
 mod fenwick;
 mod hash;
+mod ordered;
+mod pe_table;
 pub mod rng;
 mod transport;
 
@@ -41,9 +45,10 @@ use crate::time::Time;
 use crate::wire::types::{cause, policy_type, Policy, PoolElement, PoolHandle, Transport};
 use fenwick::Fenwick;
 use hash::{PreHashed, SeededState};
+use ordered::{pack, Arena, OrdSet};
+use pe_table::PeTable;
 use rng::Rng;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use transport::Stored;
 
@@ -216,7 +221,8 @@ struct Entry {
     lud: u32,
     /// Ordered-set tie breaker.
     seq: u32,
-    /// Ring: previous; dense: position; free: next free.
+    /// Ring: previous; dense: position; ordered set: the leaf holding it (a
+    /// hint that saves the descent when it leaves); free: next free.
     link_a: u32,
     /// Ring: next.
     link_b: u32,
@@ -250,7 +256,7 @@ enum Selector {
     },
     Ordered {
         kind: OrderKind,
-        set: BTreeSet<(u64, u32, u32)>,
+        set: OrdSet,
         next_seq: u32,
         /// WRR virtual time: pass of the last PE served first.
         vt: u64,
@@ -276,19 +282,6 @@ struct Pool {
     tuse: u16,
     count: u32,
     sel: Selector,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct PeKey {
-    pool: u32,
-    id: u32,
-}
-
-impl Hash for PeKey {
-    #[inline]
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        h.write_u64(((self.pool as u64) << 32) | self.id as u64);
-    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -318,11 +311,14 @@ pub struct Handlespace {
     /// chase through a pointer in the table.
     by_handle: HashMap<u64, u32, PreHashed>,
     handle_seed: u64,
-    by_id: HashMap<PeKey, u32, SeededState>,
+    /// PEs by (pool, id).
+    by_id: PeTable,
     owners: HashMap<u32, OwnerStat, SeededState>,
     buckets: BTreeMap<u64, Vec<u32>>,
+    /// The nodes of the pools' ordered sets.
+    ord: Arena,
     rng: Rng,
-    scratch: Vec<(u64, u32, u32)>,
+    scratch: Vec<u128>,
     scratch_w: Vec<(usize, u64)>,
 }
 
@@ -390,7 +386,7 @@ fn make_selector(ptype: u32) -> Selector {
     use policy_type::*;
     let ordered = |kind| Selector::Ordered {
         kind,
-        set: BTreeSet::new(),
+        set: OrdSet::default(),
         next_seq: 0,
         vt: 0,
     };
@@ -424,6 +420,12 @@ fn order_key(kind: OrderKind, e: &Entry) -> u64 {
         OrderKind::Prio => (u32::MAX - e.v1) as u64,
         OrderKind::Wrr => e.key,
     }
+}
+
+/// Records in the entries the leaf of the ordered set holding them (`link_a`).
+#[inline(always)]
+fn relinker(entries: &mut [Entry]) -> impl FnMut(u32, u32) + '_ {
+    move |i, leaf| entries[i as usize].link_a = leaf
 }
 
 #[inline]
@@ -599,9 +601,10 @@ impl Handlespace {
             pool_count: 0,
             by_handle: HashMap::with_hasher(PreHashed),
             handle_seed: cfg.hash_seed,
-            by_id: HashMap::with_hasher(SeededState::new(cfg.hash_seed.rotate_left(17) ^ 0xa5a5)),
+            by_id: PeTable::new(cfg.hash_seed.rotate_left(17) ^ 0xa5a5),
             owners: HashMap::with_hasher(SeededState::new(cfg.hash_seed.rotate_left(41) ^ 0x5a5a)),
             buckets: BTreeMap::new(),
+            ord: Arena::default(),
             rng: Rng::new(cfg.seed),
             scratch: Vec::new(),
             scratch_w: Vec::new(),
@@ -629,7 +632,13 @@ impl Handlespace {
 
     #[inline]
     fn pool_index(&self, handle: &[u8]) -> Option<u32> {
-        let mut p = *self.by_handle.get(&self.handle_hash(handle))?;
+        self.pool_index_h(handle, self.handle_hash(handle))
+    }
+
+    /// [`pool_index`](Self::pool_index) with the handle's hash already computed.
+    #[inline]
+    fn pool_index_h(&self, handle: &[u8], hh: u64) -> Option<u32> {
+        let mut p = *self.by_handle.get(&hh)?;
         loop {
             let pool = self.pool(p);
             if hash::bytes_eq(&pool.handle, handle) {
@@ -692,8 +701,11 @@ impl Handlespace {
     }
 
     fn find(&self, handle: &[u8], id: u32) -> Option<u32> {
-        let pool = self.pool_index(handle)?;
-        self.by_id.get(&PeKey { pool, id }).copied()
+        let hh = self.handle_hash(handle);
+        // The PE's bucket is fetched while the pool is looked up.
+        self.by_id.prefetch(hh, id);
+        let pool = self.pool_index_h(handle, hh)?;
+        self.by_id.get(hh, pool, id)
     }
 
     /// A PE by pool handle and id.
@@ -717,7 +729,7 @@ impl Handlespace {
                 }
             }
             Selector::Ordered { set, .. } => {
-                out.extend(set.iter().map(|k| ElementRef(k.2)));
+                out.extend(set.iter(&self.ord).map(|x| ElementRef(ordered::index(x))));
                 // WRR weight-0 PEs are outside the set.
                 if set.len() < pool.count as usize {
                     self.push_not_in_set(p, out);
@@ -836,7 +848,10 @@ impl Handlespace {
         let expiry = self.expiry_of(pe, exp);
 
         // Pool consistency (0x5, 0x7, 0x8) or creation.
-        let pool_idx = match self.pool_index(handle) {
+        let hh = self.handle_hash(handle);
+        // The PE's bucket in by_id is fetched while the pool is looked up.
+        self.by_id.prefetch(hh, pe.id);
+        let pool_idx = match self.pool_index_h(handle, hh) {
             Some(p) => {
                 let pool = self.pool(p);
                 if pool.overall.policy_type() != ptype {
@@ -866,18 +881,27 @@ impl Handlespace {
                         RejectInfo::None,
                     ));
                 }
-                self.create_pool(handle, &pe.policy, ttype, tuse)
+                self.create_pool(handle, hh, &pe.policy, ttype, tuse)
             }
         };
 
+        // In a large handlespace the PE lookup below and the root of the pool's
+        // ordered set are both cache misses: start fetching the root first, so
+        // that the two overlap.
+        if let Some(Pool {
+            sel: Selector::Ordered { set, .. },
+            ..
+        }) = &self.pools[pool_idx as usize]
+        {
+            set.prefetch_root(&self.ord);
+        }
+
         // One hash and probe for both outcomes (the slot the new entry will get
         // is known before it is filled).
-        let slot = match self.by_id.entry(PeKey {
-            pool: pool_idx,
-            id: pe.id,
-        }) {
-            std::collections::hash_map::Entry::Occupied(o) => {
-                let idx = *o.get();
+        let pools = &self.pools;
+        let hash_of = |p: u32| pools[p as usize].as_ref().map_or(0, |p| p.hash);
+        let slot = match self.by_id.entry(hh, pool_idx, pe.id, hash_of) {
+            Ok(idx) => {
                 let prev = self.reregister(idx, pe, owner, v1, v2, extra, expiry);
                 return Ok(Registered {
                     new: false,
@@ -885,7 +909,7 @@ impl Handlespace {
                     previous_owner: Some(prev),
                 });
             }
-            std::collections::hash_map::Entry::Vacant(v) => v,
+            Err(v) => v,
         };
 
         let count = self.pools[pool_idx as usize]
@@ -927,7 +951,7 @@ impl Handlespace {
         } else {
             self.entries.len() as u32
         };
-        slot.insert(next);
+        self.by_id.insert(slot, next);
         let idx = self.alloc(entry);
         debug_assert_eq!(idx, next);
         self.live += 1;
@@ -961,7 +985,9 @@ impl Handlespace {
         }
         // Policy values: update the selection structure only if the position moves.
         let pool = self.pools[pool_idx as usize].as_mut().expect("live pool");
-        let e = &mut self.entries[idx as usize];
+        let entries = &mut self.entries;
+        let e = &mut entries[idx as usize];
+        let ord = &mut self.ord;
         match &mut pool.sel {
             Selector::Ring { .. } => {}
             Selector::Ordered {
@@ -972,38 +998,53 @@ impl Handlespace {
             } => {
                 let kind = *kind;
                 let in_set = e.flags & F_IN_SET != 0;
-                if kind == OrderKind::Wrr {
-                    if e.v1 != v1 {
-                        if in_set {
-                            set.remove(&(e.key, e.seq, idx));
-                            e.flags &= !F_IN_SET;
-                        }
-                        if v1 > 0 {
+                let (old, seq, leaf) = (e.key, e.seq, e.link_a);
+                // None if the PE keeps its place, else its new (key, seq) in the
+                // set, or None inside for a WRR PE leaving it (weight 0).
+                let moved = if kind == OrderKind::Wrr {
+                    if e.v1 == v1 {
+                        None
+                    } else {
+                        e.flags &= !F_IN_SET;
+                        let to = (v1 > 0).then(|| {
                             // Keep the PE's place in the cycle: re-scale its
                             // remaining distance to the new stride.
                             let base = if in_set {
-                                e.key.saturating_sub(wrr_stride(e.v1))
+                                old.saturating_sub(wrr_stride(e.v1))
                             } else {
                                 *vt
                             };
                             e.key = base.max(*vt).saturating_add(wrr_stride(v1));
                             e.seq = bump(next_seq);
-                            set.insert((e.key, e.seq, idx));
                             e.flags |= F_IN_SET;
-                        }
+                            (e.key, e.seq)
+                        });
+                        e.v1 = v1;
+                        Some(to)
                     }
-                    e.v1 = v1;
                 } else {
-                    let old = e.key;
                     e.v1 = v1;
                     e.v2 = v2;
                     e.lud = 0;
                     let key = order_key(kind, e);
-                    if key != old {
-                        set.remove(&(old, e.seq, idx));
+                    (key != old).then(|| {
                         e.key = key;
                         e.seq = bump(next_seq);
-                        set.insert((key, e.seq, idx));
+                        Some((key, e.seq))
+                    })
+                };
+                if let Some(to) = moved {
+                    let relink = &mut relinker(entries);
+                    let from = pack(old, seq, idx);
+                    match to {
+                        Some((key, seq)) if in_set => {
+                            set.replace(ord, from, leaf, pack(key, seq, idx), relink);
+                        }
+                        Some((key, seq)) => set.insert(ord, pack(key, seq, idx), relink),
+                        None if in_set => {
+                            set.remove(ord, from, leaf, relink);
+                        }
+                        None => {}
                     }
                 }
                 let wrap = *next_seq == u32::MAX || *vt >= WRR_LIMIT;
@@ -1038,8 +1079,14 @@ impl Handlespace {
         prev_owner
     }
 
-    fn create_pool(&mut self, handle: &[u8], policy: &Policy, ttype: u16, tuse: u16) -> u32 {
-        let hash = self.handle_hash(handle);
+    fn create_pool(
+        &mut self,
+        handle: &[u8],
+        hash: u64,
+        policy: &Policy,
+        ttype: u16,
+        tuse: u16,
+    ) -> u32 {
         let pool = Pool {
             handle: handle.into(),
             hash,
@@ -1131,6 +1178,7 @@ impl Handlespace {
     fn sel_insert(&mut self, p: u32, idx: u32) {
         let pool = self.pools[p as usize].as_mut().expect("live pool");
         let entries = &mut self.entries;
+        let ord = &mut self.ord;
         match &mut pool.sel {
             Selector::Ring { head } => {
                 if *head == NIL {
@@ -1164,7 +1212,8 @@ impl Handlespace {
                 }
                 e.seq = bump(next_seq);
                 e.flags |= F_IN_SET;
-                set.insert((e.key, e.seq, idx));
+                let x = pack(e.key, e.seq, idx);
+                set.insert(ord, x, &mut relinker(entries));
                 if *next_seq == u32::MAX {
                     self.renumber(p);
                 }
@@ -1183,6 +1232,7 @@ impl Handlespace {
     fn sel_remove(&mut self, p: u32, idx: u32) {
         let pool = self.pools[p as usize].as_mut().expect("live pool");
         let entries = &mut self.entries;
+        let ord = &mut self.ord;
         match &mut pool.sel {
             Selector::Ring { head } => {
                 let (prev, next) = (entries[idx as usize].link_a, entries[idx as usize].link_b);
@@ -1199,8 +1249,9 @@ impl Handlespace {
             Selector::Ordered { set, .. } => {
                 let e = &mut entries[idx as usize];
                 if e.flags & F_IN_SET != 0 {
-                    set.remove(&(e.key, e.seq, idx));
                     e.flags &= !F_IN_SET;
+                    let (x, leaf) = (pack(e.key, e.seq, idx), e.link_a);
+                    set.remove(ord, x, leaf, &mut relinker(entries));
                 }
             }
             Selector::Dense { members, fen } => {
@@ -1234,22 +1285,22 @@ impl Handlespace {
         } = &mut pool.sel
         {
             let base = if *kind == OrderKind::Wrr {
-                set.first().map_or(*vt, |f| f.0).min(*vt)
+                set.first(&self.ord).map_or(*vt, ordered::key).min(*vt)
             } else {
                 0
             };
-            let old = std::mem::take(set);
+            let sc = &mut self.scratch;
+            sc.clear();
             let mut seq = 0u32;
-            *set = old
-                .into_iter()
-                .map(|(k, _, i)| {
-                    let e = &mut self.entries[i as usize];
-                    e.key = k - base;
-                    e.seq = seq;
-                    seq += 1;
-                    (e.key, e.seq, i)
-                })
-                .collect();
+            sc.extend(set.iter(&self.ord).map(|x| {
+                let i = ordered::index(x);
+                let e = &mut self.entries[i as usize];
+                e.key = ordered::key(x) - base;
+                e.seq = seq;
+                seq += 1;
+                pack(e.key, e.seq, i)
+            }));
+            set.rebuild(&mut self.ord, sc, &mut relinker(&mut self.entries));
             *next_seq = seq;
             *vt -= base;
         }
@@ -1268,11 +1319,14 @@ impl Handlespace {
     /// existed.
     pub fn remove(&mut self, handle: &[u8], id: u32) -> bool {
         // Take the key out of by_id in the probe that finds it (not a lookup and
-        // then a second hash and probe to remove it).
-        let Some(pool) = self.pool_index(handle) else {
+        // then a second hash and probe to remove it), fetched while the pool is
+        // looked up.
+        let hh = self.handle_hash(handle);
+        self.by_id.prefetch(hh, id);
+        let Some(pool) = self.pool_index_h(handle, hh) else {
             return false;
         };
-        match self.by_id.remove(&PeKey { pool, id }) {
+        match self.by_id.remove(hh, pool, id) {
             Some(idx) => {
                 self.unlink_unkeyed(idx);
                 true
@@ -1299,11 +1353,8 @@ impl Handlespace {
 
     fn unlink(&mut self, idx: u32) {
         let e = &self.entries[idx as usize];
-        let key = PeKey {
-            pool: e.pool,
-            id: e.id,
-        };
-        self.by_id.remove(&key);
+        let (pool, id) = (e.pool, e.id);
+        self.by_id.remove(self.pool(pool).hash, pool, id);
         self.unlink_unkeyed(idx);
     }
 
@@ -1527,50 +1578,54 @@ impl Handlespace {
                 vt,
             } => {
                 let kind = *kind;
+                let ord = &mut self.ord;
                 let sc = &mut self.scratch;
                 sc.clear();
                 // The selected PEs plus their successor (for the tie check).
-                sc.extend(set.iter().take(items + 1).copied());
+                sc.extend(set.iter(ord).take(items + 1));
                 let sel = items.min(sc.len());
-                out.extend(sc[..sel].iter().map(|k| ElementRef(k.2)));
+                out.extend(sc[..sel].iter().map(|&x| ElementRef(ordered::index(x))));
                 match kind {
                     OrderKind::Wrr => {
                         if sel > 0 {
-                            let (k, s, i) = sc[0];
-                            set.remove(&(k, s, i));
+                            let x = sc[0];
+                            let (k, i) = (ordered::key(x), ordered::index(x));
                             let e = &mut entries[i as usize];
                             *vt = k;
                             e.key = k.saturating_add(wrr_stride(e.v1));
                             e.seq = bump(next_seq);
-                            set.insert((e.key, e.seq, i));
+                            let (y, leaf) = (pack(e.key, e.seq, i), e.link_a);
+                            set.replace(ord, x, leaf, y, &mut relinker(entries));
                         }
                     }
                     OrderKind::Lud => {
                         for j in 0..sel {
-                            let (k, s, i) = sc[j];
+                            let x = sc[j];
+                            let (k, i) = (ordered::key(x), ordered::index(x));
                             let e = &mut entries[i as usize];
                             e.lud = e.lud.saturating_add(1);
                             let nk = order_key(kind, e);
-                            let tie = (j > 0 && sc[j - 1].0 == k)
-                                || sc.get(j + 1).is_some_and(|x| x.0 == k);
+                            let tie = (j > 0 && ordered::key(sc[j - 1]) == k)
+                                || sc.get(j + 1).is_some_and(|&y| ordered::key(y) == k);
                             if nk != k || tie {
-                                set.remove(&(k, s, i));
                                 e.key = nk;
                                 e.seq = bump(next_seq);
-                                set.insert((nk, e.seq, i));
+                                let (y, leaf) = (pack(nk, e.seq, i), e.link_a);
+                                set.replace(ord, x, leaf, y, &mut relinker(entries));
                             }
                         }
                     }
                     _ => {
                         for j in 0..sel {
-                            let (k, s, i) = sc[j];
-                            let tie = (j > 0 && sc[j - 1].0 == k)
-                                || sc.get(j + 1).is_some_and(|x| x.0 == k);
+                            let x = sc[j];
+                            let (k, i) = (ordered::key(x), ordered::index(x));
+                            let tie = (j > 0 && ordered::key(sc[j - 1]) == k)
+                                || sc.get(j + 1).is_some_and(|&y| ordered::key(y) == k);
                             if tie {
-                                set.remove(&(k, s, i));
                                 let e = &mut entries[i as usize];
                                 e.seq = bump(next_seq);
-                                set.insert((k, e.seq, i));
+                                let (y, leaf) = (pack(k, e.seq, i), e.link_a);
+                                set.replace(ord, x, leaf, y, &mut relinker(entries));
                             }
                         }
                     }
