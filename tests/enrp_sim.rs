@@ -266,6 +266,7 @@ fn add_stats(a: &mut SimStats, b: &SimStats) {
     a.pu_stale_elements += b.pu_stale_elements;
     a.pu_max_staleness_us = a.pu_max_staleness_us.max(b.pu_max_staleness_us);
     a.pu_stale_after_lost_push += b.pu_stale_after_lost_push;
+    a.pu_subscriptions_checked += b.pu_subscriptions_checked;
     a.pu_uses += b.pu_uses;
     a.pu_failovers += b.pu_failovers;
     a.events += b.events;
@@ -317,5 +318,6 @@ fn many_seeds_converge() {
         assert!(stats.dials_to_clients > 0 && totals.home_adoptions > 0);
         assert!(totals.hunts > 0 && totals.reports_sent > 0);
         assert!(stats.pu_answers > 0 && stats.pu_failovers > 0 && stats.pu_stale_elements > 0);
+        assert!(stats.pu_subscriptions_checked > 0);
     }
 }

@@ -526,7 +526,7 @@ impl Sim {
     }
 
     /// A message to pool user `i` was dropped on its home connection.
-    fn pu_home_tainted(&self, i: usize) -> bool {
+    pub(super) fn pu_home_tainted(&self, i: usize) -> bool {
         let n = Node::Pu(i);
         let Some(conn) = self.pus[i]
             .host

@@ -139,6 +139,31 @@ impl Sim {
     /// pools, and must get exactly the live PEs of the pool (cause 0x9 for
     /// a pool without any). Runs the simulation for a few seconds.
     pub fn check_pu_views(&mut self) -> Result<(), String> {
+        // A subscription's view first: the registrar pushed every change
+        // (unless the simulation dropped a message on that connection).
+        for i in 0..self.pus.len() {
+            let Some(pool) = self.pus[i].spec.subscribe.clone() else {
+                continue;
+            };
+            let pool = PoolHandle::from(pool.as_str());
+            let Some(core) = self.pus[i].host.core.as_ref() else {
+                continue;
+            };
+            if !core.is_subscribed(&pool) || self.pu_home_tainted(i) {
+                continue;
+            }
+            let got: BTreeSet<u32> = core
+                .cached(&pool)
+                .map(|rp| rp.elements.iter().map(|pe| pe.id).collect())
+                .unwrap_or_default();
+            let want = self.live_ids(&pool);
+            self.stats.pu_subscriptions_checked += 1;
+            if got != want {
+                return Err(format!(
+                    "PU {i}: subscribed view of {pool:?} is {got:?}, live PEs are {want:?}"
+                ));
+            }
+        }
         self.pu_activity = false;
         let mut wait = Duration::ZERO;
         for i in 0..self.pus.len() {
@@ -169,13 +194,7 @@ impl Sim {
                 let Some(got) = pu.answers.get(req) else {
                     return Err(format!("PU {i}: no answer for {pool:?}"));
                 };
-                let want: BTreeSet<u32> = self
-                    .pes
-                    .iter()
-                    .filter(|p| p.wanted && p.host.core.is_some())
-                    .filter(|p| p.spec.pool.as_bytes() == pool.0.as_slice())
-                    .map(|p| p.spec.id)
-                    .collect();
+                let want = self.live_ids(pool);
                 let ok = match got {
                     Ok(ids) => *ids == want,
                     Err(e) => want.is_empty() && e.cause_code() == Some(cause::UNKNOWN_POOL_HANDLE),
@@ -188,6 +207,16 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// The ids of the live PEs of `pool`.
+    fn live_ids(&self, pool: &PoolHandle) -> BTreeSet<u32> {
+        self.pes
+            .iter()
+            .filter(|p| p.wanted && p.host.core.is_some())
+            .filter(|p| p.spec.pool.as_bytes() == pool.0.as_slice())
+            .map(|p| p.spec.id)
+            .collect()
     }
 
     /// Every pool element's state.

@@ -238,6 +238,8 @@ pub struct SimStats {
     /// user was dropped on its connection (not checked: a lost push is not
     /// repaired until the pool changes again).
     pub pu_stale_after_lost_push: u64,
+    /// Subscriptions whose view the final check compared with the live PEs.
+    pub pu_subscriptions_checked: u64,
     /// PEs a pool user contacted successfully.
     pub pu_uses: u64,
     /// PEs a pool user found dead or unreachable (then reported).
