@@ -5,6 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use rserpool::asap::T4Rule;
 use rserpool::registrar::{
     ConnId, ConnInfo, ConnKind, Output, PeerState, Registrar, RegistrarConfig, StartupState,
     PPID_ASAP, PPID_ENRP,
@@ -32,14 +33,7 @@ fn fast(peers: Vec<SocketAddr>) -> RegistrarConfig {
 }
 
 fn spec(pool: &str, id: u32, home: usize) -> PeSpec {
-    PeSpec {
-        pool: pool.into(),
-        id,
-        home,
-        reregistration_interval: Duration::from_secs(2),
-        reg_life: 6,
-        response_timeout: Duration::from_secs(1),
-    }
+    PeSpec::new(pool, id, home)
 }
 
 fn pe(id: u32, home: u32) -> PoolElement {
@@ -93,11 +87,10 @@ fn startup_download_is_chunked_one_request_per_chunk() {
         ..fast(vec![])
     });
     for i in 0..1000u32 {
-        sim.add_pe(PeSpec {
-            reregistration_interval: Duration::from_secs(100),
-            reg_life: 600,
-            ..spec(&format!("pool{}", i % 7), i + 1, 0)
-        });
+        let mut pe = spec(&format!("pool{}", i % 7), i + 1, 0);
+        pe.reg_life = 600;
+        pe.config.t4_reregistration = T4Rule::Fixed(Duration::from_secs(100));
+        sim.add_pe(pe);
     }
     sim.run_for(Duration::from_secs(1)).unwrap();
     assert_eq!(sim.registrar(0).unwrap().pe_count(), 1000);
