@@ -836,8 +836,11 @@ fn without_acks_nothing_is_resent() {
     net.kill(1);
     // Into the dead connection: gone for good without acks.
     net.send("m1").unwrap();
-    assert_eq!(net.pu.buffered(), 0);
+    // Not kept, but it counts toward the bounds until the transport
+    // acknowledges it or the connection fails.
+    assert_eq!(net.pu.buffered(), 1);
     net.run_ms(100);
+    assert_eq!(net.pu.buffered(), 0);
     net.send("m2").unwrap();
     net.run_ms(100);
     assert_eq!(net.log(1), s(&["m0"]));
@@ -1261,4 +1264,29 @@ fn own_business_card_goes_after_the_cookie_echo_on_every_connection() {
     assert!(matches!(&first[1], AsapMessage::BusinessCard { elements, .. } if elements[0].id == 9));
     pu.close();
     assert_eq!(pu.set_business_card(None), Err(SendError::Closed));
+}
+
+#[test]
+fn pe_session_counts_what_the_pool_user_has_not_taken_in() {
+    let conn = ConnId(9);
+    let mut pe = PeSession::new(conn);
+    assert_eq!((pe.in_flight(), pe.in_flight_bytes()), (0, 0));
+    pe.send(b"0123456789", PPID_APP).unwrap(); // TSN 0
+    pe.send_cookie(b"c").unwrap(); // TSN 1, control counts too
+    let cookie_len = pe.in_flight_bytes() - 10;
+    pe.send(b"abc", PPID_APP).unwrap(); // TSN 2
+    assert_eq!(pe.in_flight(), 3);
+    assert_eq!(pe.in_flight_bytes(), 13 + cookie_len);
+    // A cumulative ACK up to TSN 1 takes the first two.
+    pe.handle_ack(Some(1));
+    assert_eq!((pe.in_flight(), pe.in_flight_bytes()), (1, 3));
+    // An ACK for what was already acknowledged changes nothing.
+    pe.handle_ack(Some(0));
+    assert_eq!(pe.stats().unexpected_acks, 1);
+    // Without a TSN (peer's INIT flag T, or SCTP): the oldest one.
+    pe.handle_ack(None);
+    assert_eq!((pe.in_flight(), pe.in_flight_bytes()), (0, 0));
+    pe.handle_ack(None);
+    assert_eq!(pe.stats().unexpected_acks, 2);
+    assert_eq!((pe.stats().sent, pe.stats().acked_by_peer), (3, 3));
 }

@@ -244,7 +244,7 @@ impl Driver for ContextDriver {
 
     fn on_data(&mut self, conn: ConnId, info: DataInfo, msg: &[u8], now: Time) {
         if self.owns(conn) {
-            self.hub(now, |h, c, now| h.on_data(c, conn, info, msg, now));
+            self.hub(now, |h, _, now| h.on_data(conn, info, msg, now));
         } else {
             self.inner.on_message(conn, info.ppid, msg, now);
         }
@@ -252,7 +252,7 @@ impl Driver for ContextDriver {
 
     fn on_ack(&mut self, conn: ConnId, cum_tsn: Option<u32>, now: Time) {
         if self.owns(conn) {
-            self.hub(now, |h, c, now| h.on_ack(c, conn, cum_tsn, now));
+            self.hub(now, |h, _, now| h.on_ack(conn, cum_tsn, now));
         }
     }
 
@@ -301,6 +301,12 @@ impl Driver for ContextDriver {
             if let Some(a) = self.inner.handler_mut().hub.actions.pop_front() {
                 return Some(a);
             }
+            // The batch of input is in: drive the sessions it touched.
+            if self.inner.handler().hub.is_dirty() {
+                let now = self.now;
+                self.hub(now, |h, c, now| h.pump_dirty(c, now));
+                continue;
+            }
             // Work the callbacks submitted: run it now, then look again.
             let work = std::mem::take(&mut *self.inline.lock());
             if work.is_empty() {
@@ -326,12 +332,17 @@ struct PuEntry {
     handle: Weak<SessionInner>,
     /// The core's connection names to the loop's.
     conns: HashMap<core::ConnId, ConnId>,
+    /// In `Hub::dirty_pu`: to be pumped once the loop's current batch of
+    /// input is in.
+    dirty: bool,
 }
 
 struct PeEntry {
     shared: Arc<PeShared>,
     handle: Weak<PeSessionInner>,
     listener: ListenerId,
+    /// In `Hub::dirty_pe`.
+    dirty: bool,
 }
 
 struct Listening {
@@ -353,6 +364,10 @@ pub(crate) struct Hub {
     resolving: HashMap<RequestId, Waiting>,
     listeners: HashMap<ListenerId, Listening>,
     pes: HashMap<ConnId, PeEntry>,
+    /// Sessions fed data or ACKs since their last pump: pumped once per
+    /// batch of input ([`Hub::pump_dirty`]), not once per message.
+    dirty_pu: Vec<u64>,
+    dirty_pe: Vec<ConnId>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -378,6 +393,26 @@ fn pe_map(pool: &ResolvedPool) -> HashMap<u32, PoolElement> {
 }
 
 impl Hub {
+    fn is_dirty(&self) -> bool {
+        !self.dirty_pu.is_empty() || !self.dirty_pe.is_empty()
+    }
+
+    /// Pump every session fed since its last pump.
+    fn pump_dirty(&mut self, client: &mut Client, now: Time) {
+        for sid in std::mem::take(&mut self.dirty_pu) {
+            if let Some(e) = self.pus.get_mut(&sid) {
+                e.dirty = false;
+                self.pump_pu(client, sid, now);
+            }
+        }
+        for conn in std::mem::take(&mut self.dirty_pe) {
+            if let Some(e) = self.pes.get_mut(&conn) {
+                e.dirty = false;
+                self.pump_pe(conn);
+            }
+        }
+    }
+
     fn work(&mut self, client: &mut Client, w: Work, now: Time) {
         match w {
             Work::PumpPu(sid) => self.pump_pu(client, sid, now),
@@ -389,6 +424,7 @@ impl Hub {
                         shared,
                         handle,
                         conns: HashMap::new(),
+                        dirty: false,
                     },
                 );
                 self.pump_pu(client, sid, now);
@@ -679,46 +715,56 @@ impl Hub {
         }
     }
 
-    fn on_data(
-        &mut self,
-        client: &mut Client,
-        conn: ConnId,
-        info: DataInfo,
-        msg: &[u8],
-        now: Time,
-    ) {
+    fn on_data(&mut self, conn: ConnId, info: DataInfo, msg: &[u8], now: Time) {
         match self.routes.get(&conn) {
             Some(Route::Pu(sid, c)) => {
                 let (sid, c) = (*sid, *c);
-                if let Some(e) = self.pus.get(&sid) {
+                if let Some(e) = self.pus.get_mut(&sid) {
                     e.shared
                         .core
                         .lock()
                         .handle_data(c, info.stream, info.ppid, msg, now);
-                    self.pump_pu(client, sid, now);
+                    if !std::mem::replace(&mut e.dirty, true) {
+                        self.dirty_pu.push(sid);
+                    }
                 }
             }
             Some(Route::Pe) => {
-                if let Some(e) = self.pes.get(&conn) {
+                if let Some(e) = self.pes.get_mut(&conn) {
                     let mut st = e.shared.state.lock();
                     st.core.handle_data(info.stream, info.ppid, msg);
                     st.sync();
                     drop(st);
                     e.shared.cv.notify_all();
-                    self.pump_pe(conn);
+                    if !std::mem::replace(&mut e.dirty, true) {
+                        self.dirty_pe.push(conn);
+                    }
                 }
             }
             None => {}
         }
     }
 
-    fn on_ack(&mut self, client: &mut Client, conn: ConnId, cum_tsn: Option<u32>, now: Time) {
-        if let Some(Route::Pu(sid, c)) = self.routes.get(&conn) {
-            let (sid, c) = (*sid, *c);
-            if let Some(e) = self.pus.get(&sid) {
-                e.shared.core.lock().handle_ack(c, cum_tsn, now);
-                self.pump_pu(client, sid, now);
+    fn on_ack(&mut self, conn: ConnId, cum_tsn: Option<u32>, now: Time) {
+        match self.routes.get(&conn) {
+            Some(Route::Pu(sid, c)) => {
+                let (sid, c) = (*sid, *c);
+                if let Some(e) = self.pus.get_mut(&sid) {
+                    e.shared.core.lock().handle_ack(c, cum_tsn, now);
+                    if !std::mem::replace(&mut e.dirty, true) {
+                        self.dirty_pu.push(sid);
+                    }
+                }
             }
+            Some(Route::Pe) => {
+                // The pool user took a message in: wake writers waiting for
+                // room (PeSessionHandle::wait_in_flight).
+                if let Some(e) = self.pes.get(&conn) {
+                    e.shared.state.lock().core.handle_ack(cum_tsn);
+                    e.shared.cv.notify_all();
+                }
+            }
+            None => {}
         }
     }
 
@@ -822,6 +868,7 @@ impl Hub {
                 shared,
                 handle: Arc::downgrade(&inner),
                 listener: lid,
+                dirty: false,
             },
         );
         server.push(PeSessionHandle { inner });

@@ -364,6 +364,50 @@ impl PeSessionHandle {
         self.with_core(|c| c.send_on(bytes, ppid, stream, unordered))
     }
 
+    /// Bytes sent to the pool user (messages and control) that it has not
+    /// taken in yet: over the TCP mapping, not yet answered by its ACK
+    /// chunk; over SCTP, not yet accepted by the kernel.
+    pub fn in_flight_bytes(&self) -> usize {
+        self.shared().state.lock().core.in_flight_bytes()
+    }
+
+    /// Flow control for a PE that streams: wait until at most `max_bytes`
+    /// are in flight ([`PeSessionHandle::in_flight_bytes`]), at most
+    /// `timeout` (`None`: no bound). Sends never wait and the runtime closes
+    /// a connection whose peer stops reading once its write buffer passes
+    /// its bound (4 MiB), so a PE sending more than that in one go calls
+    /// this between sends with a bound well below it. [`Error::Timeout`],
+    /// [`Error::SessionClosed`] once the connection is gone,
+    /// [`Error::WouldDeadlock`] from a callback (unless `max_bytes` is
+    /// already met).
+    pub fn wait_in_flight(&self, max_bytes: usize, timeout: Option<Duration>) -> Result<(), Error> {
+        let s = self.shared();
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st = s.state.lock();
+        loop {
+            if st.closed {
+                return Err(Error::SessionClosed);
+            }
+            if st.core.in_flight_bytes() <= max_bytes {
+                return Ok(());
+            }
+            if s.lp.on_loop() {
+                return Err(Error::WouldDeadlock);
+            }
+            match deadline {
+                None => s.cv.wait(&mut st),
+                Some(d) => {
+                    if s.cv.wait_until(&mut st, d).timed_out()
+                        && st.core.in_flight_bytes() > max_bytes
+                        && !st.closed
+                    {
+                        return Err(Error::Timeout);
+                    }
+                }
+            }
+        }
+    }
+
     /// Send an ASAP_COOKIE: the state the pool user hands the next PE after
     /// a fail-over (it keeps only the latest).
     pub fn send_cookie(&self, cookie: &[u8]) -> Result<(), Error> {

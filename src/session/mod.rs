@@ -115,7 +115,11 @@ pub struct SessionConfig {
     pub auto_failover: bool,
     /// Most messages buffered (queued plus unacknowledged). Default 1024.
     pub max_buffered: usize,
-    /// Most payload bytes buffered. Default 4 MiB.
+    /// Most payload bytes buffered. Default 2 MiB: the runtime closes a
+    /// connection whose write buffer passes 4 MiB, and a PE that answers
+    /// every message (an echo from its loop thread cannot wait) has as much
+    /// in flight back as the pool user has toward it, plus framing; half the
+    /// runtime's bound keeps both sides clear of it.
     pub max_buffered_bytes: usize,
     /// A connect attempt not answered within this counts as failed. Default 5 s.
     pub connect_timeout: Duration,
@@ -137,7 +141,7 @@ impl Default for SessionConfig {
             upper_layer_acks: true,
             auto_failover: true,
             max_buffered: 1024,
-            max_buffered_bytes: 4 << 20,
+            max_buffered_bytes: 2 << 20,
             connect_timeout: Duration::from_secs(5),
             max_attempts: 5,
             retry_interval: Duration::from_secs(1),
@@ -387,6 +391,20 @@ struct Msg {
     sent_before: bool,
 }
 
+/// A DATA chunk on the current connection waiting for its ACK.
+#[derive(Debug)]
+enum Sent {
+    /// An ASAP control message (cookie echo).
+    Control,
+    /// An application message, kept for re-sending (upper-layer acks).
+    Kept(Msg),
+    /// An application message of this many bytes, not kept (no upper-layer
+    /// acks): it still counts toward the buffer bounds until the transport
+    /// acknowledges it, so a fast sender cannot pile up more than they allow
+    /// in the connection's write buffer.
+    Dropped(usize),
+}
+
 #[derive(Debug)]
 struct Episode {
     /// The PE that failed (None: the initial open).
@@ -410,9 +428,8 @@ enum Phase {
         conn: ConnId,
         pe: PoolElement,
         next_tsn: u32,
-        /// Chunks sent and not yet acknowledged, in TSN order (control ones
-        /// carry no message).
-        inflight: VecDeque<(u32, Option<Msg>)>,
+        /// Chunks sent and not yet acknowledged, in TSN order.
+        inflight: VecDeque<(u32, Sent)>,
     },
     PeerFailed {
         pe: u32,
@@ -435,6 +452,8 @@ pub struct Session {
     /// Messages waiting to go out (re-sends first after a failure).
     queue: VecDeque<Msg>,
     buffered_bytes: usize,
+    /// Application messages in the current connection's `inflight`.
+    unacked: usize,
     /// Insert position for messages sent in the fail-over callback window.
     resume_pos: usize,
     /// Event::Failover queued, not yet polled.
@@ -499,6 +518,7 @@ impl Session {
             next_seq: 0,
             queue: VecDeque::new(),
             buffered_bytes: 0,
+            unacked: 0,
             resume_pos: 0,
             callback_pending: false,
             callback_open: false,
@@ -560,7 +580,9 @@ impl Session {
         self.card.as_ref().map(|(p, v)| (p, v.as_slice()))
     }
 
-    /// Application messages buffered: queued plus sent-but-unacknowledged.
+    /// Application messages buffered: queued plus sent-but-unacknowledged
+    /// (without upper-layer acks: sent and not yet acknowledged by the
+    /// transport, though no longer kept).
     pub fn buffered(&self) -> usize {
         self.queue.len() + self.unacked()
     }
@@ -568,7 +590,7 @@ impl Session {
     /// Application messages sent and not yet acknowledged.
     pub fn unacked(&self) -> usize {
         match &self.phase {
-            Phase::Up { inflight, .. } => inflight.iter().filter(|(_, m)| m.is_some()).count(),
+            Phase::Up { .. } => self.unacked,
             _ => 0,
         }
     }
@@ -687,9 +709,7 @@ impl Session {
                 bytes,
                 seq: None,
             });
-            if self.config.upper_layer_acks {
-                inflight.push_back((next_tsn, None));
-            }
+            inflight.push_back((next_tsn, Sent::Control));
             next_tsn = next_tsn.wrapping_add(1);
         }
         if let (Some(bytes), true) = (&self.my_card, control) {
@@ -702,12 +722,11 @@ impl Session {
                 bytes: bytes.clone(),
                 seq: None,
             });
-            if self.config.upper_layer_acks {
-                inflight.push_back((next_tsn, None));
-            }
+            inflight.push_back((next_tsn, Sent::Control));
             next_tsn = next_tsn.wrapping_add(1);
         }
         let to = pe.id;
+        self.unacked = 0;
         self.phase = Phase::Up {
             conn,
             pe,
@@ -791,9 +810,6 @@ impl Session {
     /// one ACK per delivered DATA chunk, in order).
     pub fn handle_ack(&mut self, conn: ConnId, cum_tsn: Option<u32>, now: Time) {
         self.advance(now);
-        if !self.config.upper_layer_acks {
-            return;
-        }
         let inflight = match &mut self.phase {
             Phase::Up {
                 conn: c, inflight, ..
@@ -810,12 +826,20 @@ impl Session {
             if !take {
                 break;
             }
-            if let Some((_, Some(m))) = inflight.pop_front() {
-                self.buffered_bytes = self.buffered_bytes.saturating_sub(m.bytes.len());
-                self.stats.acked += 1;
-                if self.config.ack_events {
-                    self.events.push_back(Event::Acked { seq: m.seq });
+            match inflight.pop_front() {
+                Some((_, Sent::Kept(m))) => {
+                    self.unacked -= 1;
+                    self.buffered_bytes = self.buffered_bytes.saturating_sub(m.bytes.len());
+                    self.stats.acked += 1;
+                    if self.config.ack_events {
+                        self.events.push_back(Event::Acked { seq: m.seq });
+                    }
                 }
+                Some((_, Sent::Dropped(len))) => {
+                    self.unacked -= 1;
+                    self.buffered_bytes = self.buffered_bytes.saturating_sub(len);
+                }
+                _ => {}
             }
             acked += 1;
         }
@@ -941,9 +965,7 @@ impl Session {
             if pe.user_transport.transport_use() != crate::wire::transport_use::DATA_ONLY {
                 let tsn = *next_tsn;
                 *next_tsn = tsn.wrapping_add(1);
-                if self.config.upper_layer_acks {
-                    inflight.push_back((tsn, None));
-                }
+                inflight.push_back((tsn, Sent::Control));
                 self.out.push_back(Output::Send {
                     conn: *conn,
                     tsn,
@@ -1027,10 +1049,11 @@ impl Session {
                 bytes: m.bytes.clone(),
                 seq: Some(m.seq),
             });
+            self.unacked += 1;
             if self.config.upper_layer_acks {
-                inflight.push_back((tsn, Some(m)));
+                inflight.push_back((tsn, Sent::Kept(m)));
             } else {
-                self.buffered_bytes = self.buffered_bytes.saturating_sub(m.bytes.len());
+                inflight.push_back((tsn, Sent::Dropped(m.bytes.len())));
             }
         }
     }
@@ -1038,7 +1061,18 @@ impl Session {
     /// Put the unacknowledged messages back at the head of the queue, in order.
     fn requeue_inflight(&mut self) {
         if let Phase::Up { inflight, .. } = &mut self.phase {
-            let msgs: Vec<Msg> = inflight.drain(..).filter_map(|(_, m)| m).collect();
+            let mut msgs = Vec::new();
+            for (_, sent) in inflight.drain(..) {
+                match sent {
+                    Sent::Kept(m) => msgs.push(m),
+                    // Sent without upper-layer acks: gone with the PE.
+                    Sent::Dropped(len) => {
+                        self.buffered_bytes = self.buffered_bytes.saturating_sub(len);
+                    }
+                    Sent::Control => {}
+                }
+            }
+            self.unacked = 0;
             for m in msgs.into_iter().rev() {
                 self.queue.push_front(m);
             }

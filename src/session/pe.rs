@@ -19,6 +19,16 @@
 //! acknowledgement) or its next send on the session (the ACK goes out after
 //! the reply). Control messages the core consumes itself (unexpected or
 //! malformed ones) are acknowledged at once.
+//!
+//! # Flow control toward the pool user
+//!
+//! The other direction works the same way: the pool user's side sends one
+//! ACK chunk for every DATA chunk it takes in (over SCTP the runtime reports
+//! each message the kernel accepted instead). [`PeSession::handle_ack`]
+//! counts them, so [`PeSession::in_flight_bytes`] is what was sent and not
+//! yet taken in: a PE that streams (a file, a character generator) waits
+//! while it is above its bound instead of growing the connection's write
+//! buffer until the runtime closes it.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -83,6 +93,13 @@ pub struct PeStats {
     pub ignored_control: u64,
     /// Undecodable control messages (ignored, still acknowledged).
     pub malformed_control: u64,
+    /// DATA chunks sent (application messages and control), acknowledged or
+    /// not.
+    pub sent: u64,
+    /// Of those, acknowledged by the pool user ([`PeSession::handle_ack`]).
+    pub acked_by_peer: u64,
+    /// ACKs with nothing in flight (or naming a chunk never sent).
+    pub unexpected_acks: u64,
 }
 
 /// One accepted data connection on the PE side.
@@ -95,6 +112,12 @@ pub struct PeSession {
     events: VecDeque<(PeEvent, bool)>,
     /// Events handed out whose ACK is due at the next [`PeSession::ack`].
     handed: u64,
+    /// TSN of the next DATA chunk sent (0, 1, 2, ... on the connection).
+    next_tsn: u32,
+    /// DATA chunks sent and not yet acknowledged by the pool user: TSN and
+    /// length.
+    in_flight: VecDeque<(u32, usize)>,
+    in_flight_bytes: usize,
     stats: PeStats,
 }
 
@@ -107,6 +130,9 @@ impl PeSession {
             out: VecDeque::new(),
             events: VecDeque::new(),
             handed: 0,
+            next_tsn: 0,
+            in_flight: VecDeque::new(),
+            in_flight_bytes: 0,
             stats: PeStats::default(),
         }
     }
@@ -129,6 +155,56 @@ impl PeSession {
     /// Messages handed out and not yet acknowledged.
     pub fn unacked(&self) -> u64 {
         self.handed
+    }
+
+    /// Messages sent to the pool user and not yet acknowledged by it.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Payload bytes of [`PeSession::in_flight`].
+    pub fn in_flight_bytes(&self) -> usize {
+        self.in_flight_bytes
+    }
+
+    /// An ACK chunk from the pool user: with a Cumulative TSN Ack every
+    /// chunk up to it is acknowledged, without one (or from SCTP: one
+    /// message the kernel accepted) the oldest one.
+    pub fn handle_ack(&mut self, cum_tsn: Option<u32>) {
+        let before = self.in_flight.len();
+        match cum_tsn {
+            Some(t) => {
+                // Serial number arithmetic: TSNs wrap after 2^32 - 1.
+                while let Some(&(tsn, _)) = self.in_flight.front() {
+                    if t.wrapping_sub(tsn) >= 1 << 31 {
+                        break;
+                    }
+                    self.pop_in_flight();
+                }
+            }
+            None => {
+                if !self.in_flight.is_empty() {
+                    self.pop_in_flight();
+                }
+            }
+        }
+        if self.in_flight.len() == before {
+            self.stats.unexpected_acks += 1;
+        }
+    }
+
+    fn pop_in_flight(&mut self) {
+        if let Some((_, len)) = self.in_flight.pop_front() {
+            self.in_flight_bytes -= len;
+            self.stats.acked_by_peer += 1;
+        }
+    }
+
+    fn sent(&mut self, len: usize) {
+        self.in_flight.push_back((self.next_tsn, len));
+        self.in_flight_bytes += len;
+        self.next_tsn = self.next_tsn.wrapping_add(1);
+        self.stats.sent += 1;
     }
 
     /// One DATA chunk's message arrived on `stream`.
@@ -216,6 +292,7 @@ impl PeSession {
         }
         let mut bytes = Vec::new();
         msg.encode(&mut bytes);
+        self.sent(bytes.len());
         self.out.push_back(PeOutput::Send {
             conn: self.conn,
             ppid: PPID_ASAP,
@@ -248,6 +325,7 @@ impl PeSession {
         if bytes.len() > MAX_MESSAGE_LEN {
             return Err(SendError::TooLarge);
         }
+        self.sent(bytes.len());
         self.out.push_back(PeOutput::Send {
             conn: self.conn,
             ppid,
