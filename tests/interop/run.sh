@@ -235,6 +235,7 @@ pids+=($!)
 # Our PE at RSPLIB's registrar (Registration Life in ms, as RSPLIB wants),
 # and two RSPLIB ping-pong PEs there for our PU.
 "${NX[@]}" "$BIN" pe --service echo --pool OurEcho --listen "sctp://$A7:0" --reglife-unit ms \
+  --pe-id 0x0e0e0007 \
   --registrar "sctp://$A3:3863" >"$OUT/pe-at-rsp.log" 2>&1 </dev/null &
 pids+=($!)
 for a in $A8 $A9; do
