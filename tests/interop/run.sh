@@ -238,16 +238,19 @@ pids+=($!)
   --pe-id 0x0e0e0007 \
   --registrar "sctp://$A3:3863" >"$OUT/pe-at-rsp.log" 2>&1 </dev/null &
 pids+=($!)
+extra_pids=($!)
 for a in $A8 $A9; do
   "${NX[@]}" rspserver -pingpong -registrar=$A3:3863 -asapannounce=off -local=$a \
     -poolhandle=PingPool -loglevel=4 -logcolor=off >"$OUT/rspserver-pp-$a.log" 2>&1 </dev/null &
   pids+=($!)
   pp_pid[$a]=$!
+  extra_pids+=($!)
 done
 # R6 and two PEs of ours: multi-homed across the families.
 "${NX[@]}" "$BIN" registrar --server-id 0x5eed0006 --asap "sctp://$A10,[$B10]:3863" \
   >"$OUT/registrar6.log" 2>&1 &
 pids+=($!)
+extra_pids+=($!)
 if wait_for "$OUT/registrar.log" "^listening asap sctp://$A1,$A2:3863\$" 30; then
   pass "registrar: $(grep '^listening asap sctp' "$OUT/registrar.log")"
 else
@@ -277,9 +280,11 @@ echo "   ($(elapsed))"
 "${NX[@]}" "$BIN" pe --service echo --pool MixPool --listen "sctp://$A11,[$B11]:0" \
   --registrar "sctp://[$B10]:3863" >"$OUT/pe-mix4.log" 2>&1 </dev/null &
 pids+=($!)
+extra_pids+=($!)
 "${NX[@]}" "$BIN" pe --service echo --pool MixPool --listen "sctp://[$B12],[$B13]:0" \
   --registrar "sctp://$A10:3863" >"$OUT/pe-mix6.log" 2>&1 </dev/null &
 pids+=($!)
+extra_pids+=($!)
 
 # ---- 4. RSPLIB's PE at our registrar, our tools over SCTP -------------------------------
 pe1_registered() {
@@ -496,6 +501,18 @@ else
   show "$OUT/pu-mix.out"
 fi
 echo "   ($(elapsed))"
+
+# The PEs and the registrar of steps 7-9 leave (deregistering) before the
+# takeovers: steps 10-11 check which PEs R1, RSP2 and R3 own, and in the slow
+# guest RSPLIB drops PEs whose keep-alives or updates come late.
+kill "${extra_pids[@]}" 2>/dev/null
+for ((i = 0; i < 150; i++)); do
+  alive=0
+  for p in "${extra_pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+  [ $alive = 0 ] && break
+  sleep 0.1
+done
+for p in "${extra_pids[@]}"; do kill -9 "$p" 2>/dev/null; done
 
 # ---- 10. RSP dies: R1 takes its PE over --------------------------------------------------
 ka_before=$(kas_from "$OUT/rspserver2.log" $R1_ID)
