@@ -258,6 +258,15 @@
 #define RSERPOOL_SEND_UNORDERED 4096
 
 /**
+ * `rserpool_data_send` flags, bits 16-31: the stream to send on (0 by
+ * default), as `flags | (stream << RSERPOOL_SEND_STREAM_SHIFT)`. Over SCTP
+ * it must be below the association's outbound stream count; over the TCP
+ * mapping any stream goes (the DATA chunk carries it). The receiver sees it
+ * in `rserpool_notification.stream`.
+ */
+#define RSERPOOL_SEND_STREAM_SHIFT 16
+
+/**
  * `rserpool_dest.kind`: the session's pool (its current PE, or the next one
  * after a fail-over). Same as passing NULL.
  */
@@ -1491,8 +1500,9 @@ int rserpool_session_open_addr(struct rserpool_context *ctx,
  * pool, i.e. the PE the session is on; RSERPOOL_DEST_PE sends to the PE
  * `dest->pe_id`, moving the session there if it is on another one (the
  * unacknowledged messages follow, the fail-over callback runs). `flags`:
- * RSERPOOL_SEND_FAILOVER or RSERPOOL_SEND_NO_FAILOVER (not both), and
- * RSERPOOL_SEND_UNORDERED. `*pe_out` (if not NULL) receives the PE the
+ * RSERPOOL_SEND_FAILOVER or RSERPOOL_SEND_NO_FAILOVER (not both),
+ * RSERPOOL_SEND_UNORDERED, and the stream in bits 16-31
+ * (RSERPOOL_SEND_STREAM_SHIFT). `*pe_out` (if not NULL) receives the PE the
  * message is addressed to (0 while the session is still choosing one, or
  * for a PE reached by transport address) and `*seq_out` (if not NULL) its
  * sequence number in the session (0, 1, 2, ...), as
@@ -1500,8 +1510,8 @@ int rserpool_session_open_addr(struct rserpool_context *ctx,
  * callback name it.
  *
  * Pool element sessions: the message goes to the pool user; `dest` must be
- * NULL or RSERPOOL_DEST_POOL, only RSERPOOL_SEND_UNORDERED of the flags
- * applies; it also acknowledges the messages received before (they are
+ * NULL or RSERPOOL_DEST_POOL, only RSERPOOL_SEND_UNORDERED and the stream
+ * of the flags apply; it also acknowledges the messages received before (they are
  * handled). `*pe_out` receives 0, `*seq_out` the count of earlier sends.
  *
  * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
@@ -1838,6 +1848,79 @@ int rserpool_pe_accept(struct rserpool_pe_server *server,
  * `buf` must point to `len` readable bytes (NULL only when `len` is 0).
  */
 int rserpool_send_cookie(struct rserpool_session *session, const uint8_t *buf, size_t len);
+
+/**
+ * Sends a business card (ASAP_BUSINESS_CARD, RFC 5351 §3.9): pool `pool`
+ * (`pool_len` bytes) and the `count` PEs at `pes`, in the order to fail
+ * over to (PE identifier, protocol, port, Transport Use, policy and the
+ * first `addr_count` addresses of each are used; results of
+ * `rserpool_get_primary_server`/`rserpool_get_next_server` or
+ * `rserpool_pe_server_info` fit as they are).
+ *
+ * On a pool element session it goes to the pool user at once, with this
+ * PE's pool; the pool user tries these PEs, in order, before its pool's
+ * policy at its next fail-over. On a pool user session (the pool user is a
+ * PE itself, e.g. of a pool of its own: pass its `rserpool_pe_server_info`)
+ * it goes to the PE now if connected and again after the cookie echo on
+ * every new connection; `pool` NULL with `pool_len` 0 and `count` 0 stops
+ * that.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER (`session`, or `pool` /
+ * `pes` NULL with a nonzero length), RSERPOOL_ERR_INVALID_HANDLE,
+ * RSERPOOL_ERR_INVALID_ARGUMENT (an empty or too long pool handle, more
+ * than 4096 PEs, an entry with an unknown protocol or policy, port 0, no
+ * or bad addresses, several addresses for one-address protocols) or
+ * RSERPOOL_ERR_CLOSED. Never waits; thread-safe; everything is copied.
+ *
+ * # Safety
+ * `pool` must point to `pool_len` readable bytes and `pes` to `count`
+ * readable entries (either may be NULL when its length is 0).
+ */
+int rserpool_send_business_card(struct rserpool_session *session,
+                                const uint8_t *pool_handle,
+                                size_t pool_len,
+                                const struct rserpool_server_info *pes,
+                                size_t count);
+
+/**
+ * The latest business card a session received: on a pool user session
+ * the PE's (its fail-over order), on a pool element session the pool
+ * user's (the last RSERPOOL_NOTIFY_BUSINESS_CARD `rserpool_recv` gave).
+ * The pool handle goes to `pool_buf` (`pool_cap` bytes; `*pool_len_out`
+ * receives its length), up to `cap` PEs to `pes` (`*count_out` receives
+ * how many the card lists, which may be more than `cap`: call again with
+ * room for all). `pool_buf` and `pes` may be NULL when their capacity is
+ * 0, to learn the sizes.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+ * RSERPOOL_ERR_INVALID_HANDLE, RSERPOOL_ERR_WOULD_BLOCK (no card yet) or
+ * RSERPOOL_ERR_BUFFER_TOO_SMALL (the pool handle does not fit: nothing is
+ * written but `*pool_len_out`). Thread-safe.
+ *
+ * # Safety
+ * `pool_buf` must have `pool_cap` writable bytes, `pes` `cap` writable
+ * entries; `pool_len_out` and `count_out` must be writable.
+ */
+int rserpool_session_business_card(struct rserpool_session *session,
+                                   uint8_t *pool_buf,
+                                   size_t pool_cap,
+                                   size_t *pool_len_out,
+                                   struct rserpool_server_info *pes,
+                                   size_t cap,
+                                   size_t *count_out);
+
+/**
+ * `*out` receives the PE a server registered (identifier, transport with
+ * every address, policy as given to `rserpool_pe_listen`): what a pool
+ * user that is also this PE puts on its business card.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER or
+ * RSERPOOL_ERR_INVALID_HANDLE. Thread-safe.
+ *
+ * # Safety
+ * `out` must be writable.
+ */
+int rserpool_pe_server_info(struct rserpool_pe_server *server, struct rserpool_server_info *out);
 
 /**
  * Acknowledges every message of a pool element session received so far:

@@ -308,6 +308,17 @@ impl Session {
         ppid: u32,
         flags: u32,
     ) -> Result<SendReceipt, Error> {
+        self.send_to_pe_with(pe_id, bytes, ppid, SendOptions::from_flags(flags))
+    }
+
+    /// [`Session::send_to_pe`] with the options spelled out (stream included).
+    pub fn send_to_pe_with(
+        &self,
+        pe_id: u32,
+        bytes: &[u8],
+        ppid: u32,
+        opts: SendOptions,
+    ) -> Result<SendReceipt, Error> {
         let s = self.shared();
         if s.closing.load(Ordering::Acquire) {
             return Err(Error::SessionClosed);
@@ -325,9 +336,7 @@ impl Session {
                 c.switch_to(pe, s.lp.now())
                     .map_err(|_| Error::SessionClosed)?;
             }
-            let seq = c
-                .send(bytes, ppid, SendOptions::from_flags(flags))
-                .map_err(send_err)?;
+            let seq = c.send(bytes, ppid, opts).map_err(send_err)?;
             SendReceipt {
                 seq,
                 pe_id: Some(pe_id),

@@ -14,7 +14,7 @@ use super::handles::Table;
 use super::{guard, RserpoolErr};
 use crate::api::{self, Config, Context, PeParams, ServerInfo};
 use crate::asap::{ClientConfig, PeStatus, RegLifeUnit, T4Rule};
-use crate::wire::{policy_type, Policy, PoolHandle, Transport};
+use crate::wire::{policy_type, Policy, PoolElement, PoolHandle, Transport};
 
 // The RSERPOOL_POLICY_* values are written out (cbindgen emits literals
 // only); this keeps them equal to the codec's.
@@ -381,6 +381,22 @@ unsafe fn transport_from_c(p: &rserpool_pe_params) -> Result<Transport, c_int> {
         }
         addrs.push(ip);
     }
+    transport_from_parts(p.protocol, p.port, p.transport_use, addrs)
+}
+
+/// A transport from its C parts (protocol, port, Transport Use, addresses):
+/// RSERPOOL_ERR_INVALID_ARGUMENT for an unknown protocol or Transport Use,
+/// port 0, no address, or more than one for a protocol other than SCTP.
+pub(super) fn transport_from_parts(
+    protocol: u32,
+    port: u16,
+    transport_use: u16,
+    addrs: Vec<IpAddr>,
+) -> Result<Transport, c_int> {
+    let invalid = RserpoolErr::InvalidArgument as c_int;
+    if addrs.is_empty() || port == 0 {
+        return Err(invalid);
+    }
     let one = || {
         if addrs.len() == 1 {
             Ok(addrs[0])
@@ -388,12 +404,10 @@ unsafe fn transport_from_c(p: &rserpool_pe_params) -> Result<Transport, c_int> {
             Err(invalid)
         }
     };
-    let port = p.port;
-    let transport_use = p.transport_use;
     if transport_use > RSERPOOL_TRANSPORT_USE_DATA_PLUS_CONTROL {
         return Err(invalid);
     }
-    Ok(match p.protocol {
+    Ok(match protocol {
         RSERPOOL_TRANSPORT_TCP => Transport::Tcp {
             port,
             transport_use,
@@ -463,7 +477,7 @@ fn addr_to_c(ip: IpAddr, port: u16) -> rserpool_addr {
     }
 }
 
-fn server_info_to_c(s: &ServerInfo) -> rserpool_server_info {
+pub(super) fn server_info_to_c(s: &ServerInfo) -> rserpool_server_info {
     let t = &s.transport;
     let protocol = match t {
         Transport::Sctp { .. } => RSERPOOL_TRANSPORT_SCTP,
@@ -491,6 +505,55 @@ fn server_info_to_c(s: &ServerInfo) -> rserpool_server_info {
         addr_total: u32::try_from(all.len()).unwrap_or(u32::MAX),
         addrs,
     }
+}
+
+/// The IP address of a `rserpool_addr` (from its sockaddr; the text and the
+/// port are ignored): RSERPOOL_ERR_INVALID_ARGUMENT for another family, a
+/// length too short for it, or the unspecified or a multicast address.
+fn addr_from_c(a: &rserpool_addr) -> Result<IpAddr, c_int> {
+    let invalid = RserpoolErr::InvalidArgument as c_int;
+    let len = a.sa_len as usize;
+    let ip = match i32::from(a.sa.ss_family) {
+        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: sockaddr_storage is large and aligned enough for any
+            // sockaddr; the family says which one it holds.
+            let sin: libc::sockaddr_in =
+                unsafe { std::ptr::read((&a.sa as *const libc::sockaddr_storage).cast()) };
+            IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes())
+        }
+        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6: libc::sockaddr_in6 =
+                unsafe { std::ptr::read((&a.sa as *const libc::sockaddr_storage).cast()) };
+            IpAddr::from(sin6.sin6_addr.s6_addr)
+        }
+        _ => return Err(invalid),
+    };
+    if ip.is_unspecified() || ip.is_multicast() {
+        return Err(invalid);
+    }
+    Ok(ip)
+}
+
+/// The pool element a `rserpool_server_info` describes (its first
+/// `addr_count` addresses): what a business card lists.
+pub(super) fn server_info_from_c(s: &rserpool_server_info) -> Result<PoolElement, c_int> {
+    let n = s.addr_count as usize;
+    if n > RSERPOOL_MAX_ADDRS {
+        return Err(RserpoolErr::InvalidArgument as c_int);
+    }
+    let addrs = s.addrs[..n]
+        .iter()
+        .map(addr_from_c)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(PoolElement {
+        id: s.pe_id,
+        home: 0,
+        reg_life: -1,
+        user_transport: transport_from_parts(s.protocol, s.port, s.transport_use, addrs)?,
+        policy: policy_from_c(&s.policy)?,
+        asap_transport: None,
+    })
 }
 
 // ------------------------------------------------------------------ config

@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, ReentrantMutex, RwLock};
 
 use super::client::{
-    api_err, context, policy_from_c, pool, rserpool_context, rserpool_policy, text,
-    RSERPOOL_POLICY_ROUND_ROBIN,
+    api_err, context, policy_from_c, pool, rserpool_context, rserpool_policy, rserpool_server_info,
+    server_info_from_c, server_info_to_c, text, RSERPOOL_POLICY_ROUND_ROBIN,
 };
 use super::handles::Table;
 use super::{guard, RserpoolErr};
@@ -41,8 +41,8 @@ use crate::api::{
     PeSessionHandle, Session, SessionOptions,
 };
 use crate::runtime::{EndpointUrl, Proto};
-use crate::session::{SessionConfig, SessionError, State};
-use crate::wire::{PoolHandle, Transport};
+use crate::session::{SendOptions, SessionConfig, SessionError, State};
+use crate::wire::{PoolElement, PoolHandle, Transport};
 
 // ------------------------------------------------------------------ constants
 
@@ -59,6 +59,12 @@ pub const RSERPOOL_SEND_NO_FAILOVER: u32 = 0x0002;
 /// `rserpool_data_send` flag (ASAP_SCTP_UNORDER): unordered delivery (DATA
 /// flag U).
 pub const RSERPOOL_SEND_UNORDERED: u32 = 0x1000;
+/// `rserpool_data_send` flags, bits 16-31: the stream to send on (0 by
+/// default), as `flags | (stream << RSERPOOL_SEND_STREAM_SHIFT)`. Over SCTP
+/// it must be below the association's outbound stream count; over the TCP
+/// mapping any stream goes (the DATA chunk carries it). The receiver sees it
+/// in `rserpool_notification.stream`.
+pub const RSERPOOL_SEND_STREAM_SHIFT: u32 = 16;
 
 /// `rserpool_dest.kind`: the session's pool (its current PE, or the next one
 /// after a fail-over). Same as passing NULL.
@@ -118,8 +124,10 @@ const _: () = {
     assert!(RSERPOOL_SEND_NO_FAILOVER == crate::session::ASAP_SEND_NO_FAILOVER);
 };
 
-const SEND_FLAGS: u32 =
-    RSERPOOL_SEND_FAILOVER | RSERPOOL_SEND_NO_FAILOVER | RSERPOOL_SEND_UNORDERED;
+const SEND_FLAGS: u32 = RSERPOOL_SEND_FAILOVER
+    | RSERPOOL_SEND_NO_FAILOVER
+    | RSERPOOL_SEND_UNORDERED
+    | (0xffff << RSERPOOL_SEND_STREAM_SHIFT);
 
 // ------------------------------------------------------------------ types
 
@@ -435,6 +443,9 @@ enum Held {
 struct Side {
     held: VecDeque<Held>,
     poll: Option<Pollable>,
+    /// Pool element sessions: the latest business card `rserpool_recv`
+    /// delivered.
+    card: Option<(PoolHandle, Vec<PoolElement>)>,
 }
 
 impl Side {
@@ -448,6 +459,13 @@ impl Side {
     fn hold(&mut self, h: Held) {
         self.held.push_back(h);
         self.sync();
+    }
+
+    /// Remember a business card the application just received.
+    fn keep_card(&mut self, h: &Held) {
+        if let Held::Pe(PeNotification::BusinessCard { pool, elements }) = h {
+            self.card = Some((pool.clone(), elements.clone()));
+        }
     }
 }
 
@@ -511,6 +529,8 @@ struct ServerObj {
     /// at most that long.
     server: RwLock<Option<PeServer>>,
     pe_id: u32,
+    /// The PE as registered, for `rserpool_pe_server_info`.
+    info: api::ServerInfo,
     fd: RawFd,
     url: String,
 }
@@ -945,8 +965,9 @@ pub unsafe extern "C" fn rserpool_session_open_addr(
 /// pool, i.e. the PE the session is on; RSERPOOL_DEST_PE sends to the PE
 /// `dest->pe_id`, moving the session there if it is on another one (the
 /// unacknowledged messages follow, the fail-over callback runs). `flags`:
-/// RSERPOOL_SEND_FAILOVER or RSERPOOL_SEND_NO_FAILOVER (not both), and
-/// RSERPOOL_SEND_UNORDERED. `*pe_out` (if not NULL) receives the PE the
+/// RSERPOOL_SEND_FAILOVER or RSERPOOL_SEND_NO_FAILOVER (not both),
+/// RSERPOOL_SEND_UNORDERED, and the stream in bits 16-31
+/// (RSERPOOL_SEND_STREAM_SHIFT). `*pe_out` (if not NULL) receives the PE the
 /// message is addressed to (0 while the session is still choosing one, or
 /// for a PE reached by transport address) and `*seq_out` (if not NULL) its
 /// sequence number in the session (0, 1, 2, ...), as
@@ -954,8 +975,8 @@ pub unsafe extern "C" fn rserpool_session_open_addr(
 /// callback name it.
 ///
 /// Pool element sessions: the message goes to the pool user; `dest` must be
-/// NULL or RSERPOOL_DEST_POOL, only RSERPOOL_SEND_UNORDERED of the flags
-/// applies; it also acknowledges the messages received before (they are
+/// NULL or RSERPOOL_DEST_POOL, only RSERPOOL_SEND_UNORDERED and the stream
+/// of the flags apply; it also acknowledges the messages received before (they are
 /// handled). `*pe_out` receives 0, `*seq_out` the count of earlier sends.
 ///
 /// Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
@@ -1011,11 +1032,16 @@ pub unsafe extern "C" fn rserpool_data_send(
                     _ => return Err(invalid),
                 }
             };
+            let stream = (flags >> RSERPOOL_SEND_STREAM_SHIFT) as u16;
             let (pe, seq) = match &obj.kind {
                 Kind::Pu { s, .. } => {
+                    let opts = SendOptions {
+                        stream,
+                        ..SendOptions::from_flags(flags)
+                    };
                     let r = match dest {
-                        None => s.send(msg, ppid, flags),
-                        Some(id) => s.send_to_pe(id, msg, ppid, flags),
+                        None => s.send_with(msg, ppid, opts),
+                        Some(id) => s.send_to_pe_with(id, msg, ppid, opts),
                     }
                     .map_err(|e| api_err(&e))?;
                     (r.pe_id.unwrap_or(0), r.seq)
@@ -1025,7 +1051,7 @@ pub unsafe extern "C" fn rserpool_data_send(
                         return Err(invalid);
                     }
                     let unordered = flags & RSERPOOL_SEND_UNORDERED != 0;
-                    s.send_on(msg, ppid, 0, unordered)
+                    s.send_on(msg, ppid, stream, unordered)
                         .map_err(|e| api_err(&e))?;
                     (0, sent.fetch_add(1, Ordering::Relaxed))
                 }
@@ -1096,7 +1122,9 @@ pub unsafe extern "C" fn rserpool_recv(
                 // SAFETY: the caller promises `out` and `cap` bytes at `buf`.
                 let r = unsafe { deliver(h, out, buf, cap) };
                 if r == RserpoolErr::Ok as c_int {
-                    side.held.pop_front();
+                    if let Some(h) = side.held.pop_front() {
+                        side.keep_card(&h);
+                    }
                     side.sync();
                 }
                 return r;
@@ -1108,6 +1136,8 @@ pub unsafe extern "C" fn rserpool_recv(
                 let r = unsafe { deliver(&h, out, buf, cap) };
                 if r != RserpoolErr::Ok as c_int {
                     obj.side.lock().hold(h);
+                } else {
+                    obj.side.lock().keep_card(&h);
                 }
                 r
             }
@@ -1508,7 +1538,7 @@ pub unsafe extern "C" fn rserpool_pe_listen(
                 .pe_listen(PeListenParams {
                     pool: PoolHandle(pool.to_vec()),
                     listen: url,
-                    policy,
+                    policy: policy.clone(),
                     reg_life: p.reg_life,
                     pe_id: (p.pe_id != 0).then_some(p.pe_id),
                 })
@@ -1526,6 +1556,11 @@ pub unsafe extern "C" fn rserpool_pe_listen(
             .to_string();
             let obj = ServerObj {
                 pe_id: server.pe_id(),
+                info: api::ServerInfo {
+                    pe_id: server.pe_id(),
+                    transport: server.transport().clone(),
+                    policy,
+                },
                 fd: server.fd(),
                 url,
                 server: RwLock::new(Some(server)),
@@ -1744,6 +1779,162 @@ pub unsafe extern "C" fn rserpool_send_cookie(
             // SAFETY: the caller promises `len` bytes at `buf`.
             let c = unsafe { bytes(buf, len) }?;
             obj.pe()?.send_cookie(c).map_err(|e| api_err(&e))
+        })
+    })
+}
+
+/// Sends a business card (ASAP_BUSINESS_CARD, RFC 5351 §3.9): pool `pool`
+/// (`pool_len` bytes) and the `count` PEs at `pes`, in the order to fail
+/// over to (PE identifier, protocol, port, Transport Use, policy and the
+/// first `addr_count` addresses of each are used; results of
+/// `rserpool_get_primary_server`/`rserpool_get_next_server` or
+/// `rserpool_pe_server_info` fit as they are).
+///
+/// On a pool element session it goes to the pool user at once, with this
+/// PE's pool; the pool user tries these PEs, in order, before its pool's
+/// policy at its next fail-over. On a pool user session (the pool user is a
+/// PE itself, e.g. of a pool of its own: pass its `rserpool_pe_server_info`)
+/// it goes to the PE now if connected and again after the cookie echo on
+/// every new connection; `pool` NULL with `pool_len` 0 and `count` 0 stops
+/// that.
+///
+/// Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER (`session`, or `pool` /
+/// `pes` NULL with a nonzero length), RSERPOOL_ERR_INVALID_HANDLE,
+/// RSERPOOL_ERR_INVALID_ARGUMENT (an empty or too long pool handle, more
+/// than 4096 PEs, an entry with an unknown protocol or policy, port 0, no
+/// or bad addresses, several addresses for one-address protocols) or
+/// RSERPOOL_ERR_CLOSED. Never waits; thread-safe; everything is copied.
+///
+/// # Safety
+/// `pool` must point to `pool_len` readable bytes and `pes` to `count`
+/// readable entries (either may be NULL when its length is 0).
+#[no_mangle]
+pub unsafe extern "C" fn rserpool_send_business_card(
+    session: *mut rserpool_session,
+    pool_handle: *const u8,
+    pool_len: usize,
+    pes: *const rserpool_server_info,
+    count: usize,
+) -> c_int {
+    guard(|| {
+        nonnull!(session);
+        run(|| {
+            let obj = session_obj(session)?;
+            if count > 4096 {
+                return Err(err(RserpoolErr::InvalidArgument));
+            }
+            if count > 0 && pes.is_null() {
+                return Err(err(RserpoolErr::NullPointer));
+            }
+            let elements = (0..count)
+                // SAFETY: the caller promises `count` readable entries.
+                .map(|i| server_info_from_c(unsafe { &*pes.add(i) }))
+                .collect::<Result<Vec<_>, _>>()?;
+            let handle = if pool_len == 0 {
+                None
+            } else {
+                if pool_handle.is_null() {
+                    return Err(err(RserpoolErr::NullPointer));
+                }
+                // SAFETY: checked non-NULL; the caller promises `pool_len` bytes.
+                Some(PoolHandle(unsafe { pool(pool_handle, pool_len) }?.to_vec()))
+            };
+            match (&obj.kind, handle) {
+                (Kind::Pe { s, .. }, Some(h)) => {
+                    s.send_business_card(h, elements).map_err(|e| api_err(&e))
+                }
+                (Kind::Pu { s, .. }, Some(h)) => s
+                    .send_business_card(Some((h, elements)))
+                    .map_err(|e| api_err(&e)),
+                (Kind::Pu { s, .. }, None) if elements.is_empty() => {
+                    s.send_business_card(None).map_err(|e| api_err(&e))
+                }
+                _ => Err(err(RserpoolErr::InvalidArgument)),
+            }
+        })
+    })
+}
+
+/// The latest business card a session received: on a pool user session
+/// the PE's (its fail-over order), on a pool element session the pool
+/// user's (the last RSERPOOL_NOTIFY_BUSINESS_CARD `rserpool_recv` gave).
+/// The pool handle goes to `pool_buf` (`pool_cap` bytes; `*pool_len_out`
+/// receives its length), up to `cap` PEs to `pes` (`*count_out` receives
+/// how many the card lists, which may be more than `cap`: call again with
+/// room for all). `pool_buf` and `pes` may be NULL when their capacity is
+/// 0, to learn the sizes.
+///
+/// Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+/// RSERPOOL_ERR_INVALID_HANDLE, RSERPOOL_ERR_WOULD_BLOCK (no card yet) or
+/// RSERPOOL_ERR_BUFFER_TOO_SMALL (the pool handle does not fit: nothing is
+/// written but `*pool_len_out`). Thread-safe.
+///
+/// # Safety
+/// `pool_buf` must have `pool_cap` writable bytes, `pes` `cap` writable
+/// entries; `pool_len_out` and `count_out` must be writable.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn rserpool_session_business_card(
+    session: *mut rserpool_session,
+    pool_buf: *mut u8,
+    pool_cap: usize,
+    pool_len_out: *mut usize,
+    pes: *mut rserpool_server_info,
+    cap: usize,
+    count_out: *mut usize,
+) -> c_int {
+    guard(|| {
+        nonnull!(session, pool_len_out, count_out);
+        if (pool_buf.is_null() && pool_cap > 0) || (pes.is_null() && cap > 0) {
+            return err(RserpoolErr::NullPointer);
+        }
+        run(|| {
+            let obj = session_obj(session)?;
+            let card = match &obj.kind {
+                Kind::Pu { s, .. } => s.business_card(),
+                Kind::Pe { .. } => obj.side.lock().card.clone(),
+            };
+            let (handle, elements) = card.ok_or(err(RserpoolErr::WouldBlock))?;
+            // SAFETY: checked non-NULL; the caller promises it is writable.
+            unsafe { *pool_len_out = handle.0.len() };
+            if handle.0.len() > pool_cap {
+                return Err(err(RserpoolErr::BufferTooSmall));
+            }
+            // SAFETY: `pool_cap` >= the length writable bytes at `pool_buf`
+            // (non-NULL when the handle is not empty, as pool handles are).
+            unsafe { std::ptr::copy_nonoverlapping(handle.0.as_ptr(), pool_buf, handle.0.len()) };
+            for (i, pe) in elements.iter().take(cap).enumerate() {
+                // SAFETY: i < cap; the caller promises `cap` writable entries.
+                unsafe { std::ptr::write(pes.add(i), server_info_to_c(&pe.clone().into())) };
+            }
+            // SAFETY: checked non-NULL; the caller promises it is writable.
+            unsafe { *count_out = elements.len() };
+            Ok(())
+        })
+    })
+}
+
+/// `*out` receives the PE a server registered (identifier, transport with
+/// every address, policy as given to `rserpool_pe_listen`): what a pool
+/// user that is also this PE puts on its business card.
+///
+/// Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER or
+/// RSERPOOL_ERR_INVALID_HANDLE. Thread-safe.
+///
+/// # Safety
+/// `out` must be writable.
+#[no_mangle]
+pub unsafe extern "C" fn rserpool_pe_server_info(
+    server: *mut rserpool_pe_server,
+    out: *mut rserpool_server_info,
+) -> c_int {
+    guard(|| {
+        nonnull!(server, out);
+        run(|| {
+            let info = server_info_to_c(&server_obj(server)?.info);
+            // SAFETY: checked non-NULL; the caller promises it is writable.
+            unsafe { std::ptr::write(out, info) };
+            Ok(())
         })
     })
 }
