@@ -606,6 +606,9 @@ type ServerInfo struct {
 	Addresses []string
 	// AddrTotal is how many addresses the PE has (may exceed len(Addresses)).
 	AddrTotal int
+	// The C form it came from, for business cards.
+	raw    C.rserpool_server_info
+	hasRaw bool
 }
 
 // Address is "host:port" of the first address, for net.Dial.
@@ -644,6 +647,8 @@ func serverFromC(s *C.rserpool_server_info) *ServerInfo {
 		ControlChannel: s.transport_use == C.RSERPOOL_TRANSPORT_USE_DATA_PLUS_CONTROL,
 		Policy:         policyFromC(s.policy),
 		AddrTotal:      int(s.addr_total),
+		raw:            *s,
+		hasRaw:         true,
 	}
 	for i := 0; i < n; i++ {
 		info.Addresses = append(info.Addresses, C.GoString(&s.addrs[i].text[0]))

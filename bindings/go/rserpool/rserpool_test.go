@@ -565,3 +565,119 @@ func TestSessions(t *testing.T) {
 		t.Fatalf("unknown pool: %v", err)
 	}
 }
+
+func TestBusinessCardsAndStreams(t *testing.T) {
+	url := registrar(t)
+	timers := map[Timer]time.Duration{}
+	for k, v := range fast {
+		timers[k] = v
+	}
+	timers[TimerStaleCache] = 0
+	peCtx, err := NewContext(Config{Registrars: []string{url}, Timers: fast})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peCtx.Close()
+	puCtx, err := NewContext(Config{Registrars: []string{url}, Timers: timers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer puCtx.Close()
+	var srvs []*PEServer
+	for i := 0; i < 2; i++ {
+		srv, err := peCtx.PEListen("go-card", "tcp://127.0.0.1:0", Policy{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer srv.Close()
+		srvs = append(srvs, srv)
+	}
+	own, err := puCtx.PEListen("go-pu-pool", "tcp://127.0.0.1:0", Policy{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.Close()
+	ownInfo, err := own.Info()
+	if err != nil || ownInfo.ID != own.ID || ownInfo.Transport != TCP {
+		t.Fatalf("own info %+v, %v", ownInfo, err)
+	}
+	infoB, err := srvs[1].Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	s, err := puCtx.OpenSession("go-card", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, _, ok, err := s.BusinessCard(); ok || err != nil {
+		t.Fatalf("a card before any came: %v, %v", ok, err)
+	}
+	var pe *Session
+	for i := 0; i < 300 && pe == nil; i++ {
+		for _, srv := range srvs {
+			if x, err := srv.Accept(0); err == nil {
+				pe = x
+				break
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if pe == nil {
+		t.Fatal("no PE accepted the session")
+	}
+	defer pe.Close()
+	if err := pe.SendBusinessCard("go-card", []*ServerInfo{infoB}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pe.Send([]byte("card sent"), 42, Stream(5)); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		n, err := s.Recv(deadline)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n.Kind == NotifyData {
+			if string(n.Data) != "card sent" || n.Stream != 5 {
+				t.Fatalf("got %+v", n)
+			}
+			break
+		}
+	}
+	pool, pes, ok, err := s.BusinessCard()
+	if err != nil || !ok || pool != "go-card" || len(pes) != 1 || pes[0].ID != infoB.ID || pes[0].Port != infoB.Port {
+		t.Fatalf("card %q %+v %v %v", pool, pes, ok, err)
+	}
+	if err := s.SendBusinessCard("go-pu-pool", []*ServerInfo{ownInfo}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Send([]byte("hi"), 42, Stream(9)); err != nil {
+		t.Fatal(err)
+	}
+	var kinds []NotificationKind
+	for {
+		n, err := pe.Recv(deadline)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kinds = append(kinds, n.Kind)
+		if n.Kind == NotifyData {
+			if string(n.Data) != "hi" || n.Stream != 9 {
+				t.Fatalf("got %+v", n)
+			}
+			break
+		}
+	}
+	if len(kinds) != 2 || kinds[0] != NotifyBusinessCard {
+		t.Fatalf("PE saw %v", kinds)
+	}
+	pool, pes, ok, err = pe.BusinessCard()
+	if err != nil || !ok || pool != "go-pu-pool" || len(pes) != 1 || pes[0].ID != own.ID {
+		t.Fatalf("PU card %q %+v %v %v", pool, pes, ok, err)
+	}
+	if err := s.SendBusinessCard("go-pu-pool", []*ServerInfo{{ID: 1}}); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("a hand-made ServerInfo: %v", err)
+	}
+}

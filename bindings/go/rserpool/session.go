@@ -42,6 +42,17 @@ static int go_session_close(uintptr_t s) { return rserpool_session_close((rserpo
 static int go_send_cookie(uintptr_t s, const uint8_t *b, size_t n) {
 	return rserpool_send_cookie((rserpool_session *)s, b, n);
 }
+static int go_send_business_card(uintptr_t s, const uint8_t *p, size_t n,
+                                 const rserpool_server_info *pes, size_t count) {
+	return rserpool_send_business_card((rserpool_session *)s, p, n, pes, count);
+}
+static int go_session_business_card(uintptr_t s, uint8_t *p, size_t cap, size_t *plen,
+                                    rserpool_server_info *pes, size_t pcap, size_t *count) {
+	return rserpool_session_business_card((rserpool_session *)s, p, cap, plen, pes, pcap, count);
+}
+static int go_pe_server_info(uintptr_t s, rserpool_server_info *out) {
+	return rserpool_pe_server_info((rserpool_pe_server *)s, out);
+}
 static int go_pe_listen(uintptr_t x, const rserpool_pe_listen_params *p, uintptr_t *out) {
 	rserpool_pe_server *s = NULL;
 	int rc = rserpool_pe_listen((rserpool_context *)x, p, &s);
@@ -226,6 +237,11 @@ func (c *Context) OpenSessionAddr(url, failoverPool string, opts *SessionOptions
 
 // SendFlags of Send (RFC 5352 §6.5.5).
 type SendFlags uint32
+
+// Stream is the SendFlags that send on stream n (combine with | ).
+func Stream(n uint16) SendFlags {
+	return SendFlags(uint32(n) << C.RSERPOOL_SEND_STREAM_SHIFT)
+}
 
 // Send flags.
 const (
@@ -553,4 +569,72 @@ func (p *PEServer) Close() error {
 		return nil
 	}
 	return check(C.go_pe_server_close(C.uintptr_t(h)))
+}
+
+// SendBusinessCard sends a business card: servers (from GetPrimaryServer,
+// GetNextServer or PEServer.Info) in the order to fail over to. A pool
+// element's goes to its pool user (pool is its pool); a pool user's says it
+// is itself a PE of pool and is sent again after every fail-over ("" and
+// no servers stop that).
+func (s *Session) SendBusinessCard(pool string, servers []*ServerInfo) error {
+	h, err := s.handle()
+	if err != nil {
+		return err
+	}
+	infos := make([]C.rserpool_server_info, len(servers))
+	for i, srv := range servers {
+		if srv == nil || !srv.hasRaw {
+			return ErrInvalidArgument
+		}
+		infos[i] = srv.raw
+	}
+	var ptr *C.rserpool_server_info
+	if len(infos) > 0 {
+		ptr = &infos[0]
+	}
+	ph, hl := poolBytes(pool)
+	return check(C.go_send_business_card(h, ph, hl, ptr, C.size_t(len(infos))))
+}
+
+// BusinessCard is the latest business card received (a pool user's
+// session: the PE's; a pool element's: the pool user's, once Recv gave its
+// NotifyBusinessCard); ok false when none came yet.
+func (s *Session) BusinessCard() (pool string, servers []*ServerInfo, ok bool, err error) {
+	h, err := s.handle()
+	if err != nil {
+		return "", nil, false, err
+	}
+	var plen, count C.size_t
+	rc := C.go_session_business_card(h, nil, 0, &plen, nil, 0, &count)
+	for rc == C.RSERPOOL_OK || rc == C.RSERPOOL_ERR_BUFFER_TOO_SMALL {
+		pb := make([]byte, int(plen)+1)
+		infos := make([]C.rserpool_server_info, int(count)+1)
+		have := count + 1
+		rc = C.go_session_business_card(h, (*C.uint8_t)(unsafe.Pointer(&pb[0])), C.size_t(len(pb)),
+			&plen, &infos[0], have, &count)
+		if rc == C.RSERPOOL_OK && count <= have {
+			for i := 0; i < int(count); i++ {
+				servers = append(servers, serverFromC(&infos[i]))
+			}
+			return string(pb[:plen]), servers, true, nil
+		}
+	}
+	if rc == C.RSERPOOL_ERR_WOULD_BLOCK {
+		return "", nil, false, nil
+	}
+	return "", nil, false, check(rc)
+}
+
+// Info is this pool element as registered (identifier, transport, policy):
+// what a pool user that is this PE puts on its business card.
+func (p *PEServer) Info() (*ServerInfo, error) {
+	h, err := p.handle()
+	if err != nil {
+		return nil, err
+	}
+	var out C.rserpool_server_info
+	if err := check(C.go_pe_server_info(h, &out)); err != nil {
+		return nil, err
+	}
+	return serverFromC(&out), nil
 }

@@ -42,9 +42,9 @@ import os
 import socket
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 __all__ = [
     "Config",
@@ -454,6 +454,23 @@ _SIGNATURES: Dict[str, Tuple[Any, Sequence[Any]]] = {
     "rserpool_session_close": (_c.c_int, [_c.c_void_p]),
     "rserpool_send_cookie": (_c.c_int, [_c.c_void_p, _u8p, _c.c_size_t]),
     "rserpool_session_ack": (_c.c_int, [_c.c_void_p]),
+    "rserpool_send_business_card": (
+        _c.c_int,
+        [_c.c_void_p, _u8p, _c.c_size_t, _c.POINTER(_ServerInfo), _c.c_size_t],
+    ),
+    "rserpool_session_business_card": (
+        _c.c_int,
+        [
+            _c.c_void_p,
+            _c.c_void_p,
+            _c.c_size_t,
+            _c.POINTER(_c.c_size_t),
+            _c.POINTER(_ServerInfo),
+            _c.c_size_t,
+            _c.POINTER(_c.c_size_t),
+        ],
+    ),
+    "rserpool_pe_server_info": (_c.c_int, [_c.c_void_p, _c.POINTER(_ServerInfo)]),
     "rserpool_notification_size": (_c.c_size_t, []),
     "rserpool_session_params_size": (_c.c_size_t, []),
     "rserpool_pe_listen_params_init": (_c.c_int, [_c.POINTER(_PeListenParams)]),
@@ -793,6 +810,8 @@ class ServerInfo:
     degradation: float
     addresses: Tuple[str, ...]
     addr_total: int
+    # The C struct it came from, for business cards.
+    _raw: bytes = field(default=b"", repr=False, compare=False)
 
     @property
     def address(self) -> Tuple[str, int]:
@@ -836,7 +855,13 @@ class ServerInfo:
             degradation=s.policy.degradation / _LOAD_MAX,
             addresses=tuple(s.addrs[i].text.decode("ascii") for i in range(n)),
             addr_total=int(s.addr_total),
+            _raw=bytes(s),
         )
+
+    def _to_c(self) -> _ServerInfo:
+        if len(self._raw) != _c.sizeof(_ServerInfo):
+            raise InvalidArgument(-2, "a ServerInfo made by this library is needed")
+        return _ServerInfo.from_buffer_copy(self._raw)
 
 
 # ---------------------------------------------------------------------------
@@ -1301,18 +1326,21 @@ class Session:
         pe_id: Optional[int] = None,
         failover: Optional[bool] = None,
         unordered: bool = False,
+        stream: int = 0,
     ) -> SendReceipt:
         """Queue a message (never waits). A pool user's goes to its pool, or
         with ``pe_id`` to that PE of the pool; ``failover`` True/False
         overrides the session's automatic fail-over while it is buffered.
-        A pool element's goes to its pool user.
+        A pool element's goes to its pool user. ``stream``: 0-65535.
 
-        :raises InvalidArgument: PPID 11, too long.
+        :raises InvalidArgument: PPID 11, too long, a bad stream.
         :raises WouldBlock: the session's buffer is full.
         :raises UnknownPE, SessionClosed:
         """
         payload = bytes(data)
-        flags = _SEND_FLAGS[failover] | (_SEND_UNORDERED if unordered else 0)
+        if not 0 <= stream <= 0xFFFF:
+            raise InvalidArgument(-2, f"stream {stream} is not in 0..65535")
+        flags = _SEND_FLAGS[failover] | (_SEND_UNORDERED if unordered else 0) | (stream << 16)
         dest = None if pe_id is None else _c.byref(_Dest(1, pe_id))
         pe = _c.c_uint32(0)
         seq = _c.c_uint64(0)
@@ -1445,6 +1473,50 @@ class Session:
         """Pool element sessions: acknowledge what was received (handled)."""
         _check(load_library().rserpool_session_ack(self._h()))
 
+    def send_business_card(
+        self, pool: Union[str, bytes, None], servers: Sequence[ServerInfo]
+    ) -> None:
+        """Send a business card: ``servers`` (from :meth:`Context.get_primary_server`,
+        :meth:`Context.get_next_server` or :meth:`PeServer.info`) in the order
+        to fail over to. A pool element's goes to its pool user (``pool`` is
+        its pool); a pool user's says it is a PE of ``pool`` itself and is
+        sent again after every fail-over (``None`` and ``[]`` stop that)."""
+        handle = b"" if pool is None else (pool.encode() if isinstance(pool, str) else bytes(pool))
+        arr = (_ServerInfo * max(len(servers), 1))()
+        for i, srv in enumerate(servers):
+            arr[i] = srv._to_c()
+        _check(
+            load_library().rserpool_send_business_card(
+                self._h(), handle or None, len(handle), arr, len(servers)
+            )
+        )
+
+    def business_card(self) -> Optional[Tuple[bytes, List[ServerInfo]]]:
+        """The latest business card received (a pool user's session: the
+        PE's; a pool element's: the pool user's, once :meth:`recv` gave its
+        ``"business_card"`` notification): ``(pool handle, PEs)``, or None."""
+        lib = load_library()
+        plen, count = _c.c_size_t(0), _c.c_size_t(0)
+        rc = lib.rserpool_session_business_card(
+            self._h(), None, 0, _c.byref(plen), None, 0, _c.byref(count)
+        )
+        if rc == -205:
+            return None
+        while rc in (-3, 0):
+            pool = _c.create_string_buffer(max(int(plen.value), 1))
+            n = max(int(count.value), 1)
+            arr = (_ServerInfo * n)()
+            rc = lib.rserpool_session_business_card(
+                self._h(), pool, len(pool), _c.byref(plen), arr, n, _c.byref(count)
+            )
+            if rc == 0 and int(count.value) <= n:
+                return (
+                    pool.raw[: int(plen.value)],
+                    [ServerInfo._from_c(arr[i]) for i in range(int(count.value))],
+                )
+        _check(rc)
+        return None
+
 
 class PeServer:
     """A registered pool element listening for pool users
@@ -1474,6 +1546,13 @@ class PeServer:
         fd = _c.c_int(-1)
         _check(load_library().rserpool_pe_server_fd(self._h(), _c.byref(fd)))
         return int(fd.value)
+
+    def info(self) -> ServerInfo:
+        """This PE as registered (identifier, transport, policy): what a pool
+        user that is this PE puts on its business card."""
+        out = _ServerInfo()
+        _check(load_library().rserpool_pe_server_info(self._h(), _c.byref(out)))
+        return ServerInfo._from_c(out)
 
     def accept(self, timeout: Optional[float] = None) -> Optional[Session]:
         """The next pool user's session, waiting at most ``timeout`` seconds

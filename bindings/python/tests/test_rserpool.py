@@ -464,3 +464,56 @@ def test_sessions(registrar):
         finally:
             for p in pes:
                 p.close()
+
+
+def test_business_cards_and_streams(registrar):
+    timers = dict(FAST, stale_cache=0.0)
+    with rserpool.Context(registrars=[registrar.url], timers=FAST) as pe_ctx, rserpool.Context(
+        registrars=[registrar.url], timers=timers
+    ) as pu_ctx:
+        a = pe_ctx.pe_listen("py-card")
+        b = pe_ctx.pe_listen("py-card")
+        own = pu_ctx.pe_listen("py-pu-pool")
+        try:
+            info_b = b.info()
+            assert info_b.id == b.pe_id and info_b.transport == "tcp"
+            assert info_b.addresses == ("127.0.0.1",)
+            s = pu_ctx.open_session("py-card")
+            assert s.business_card() is None
+            assert s.recv(DEADLINE_S).kind == "connected"
+            srv = None
+            for _ in range(int(DEADLINE_S * 10)):
+                srv = a.accept(0) or b.accept(0)
+                if srv is not None:
+                    break
+                time.sleep(0.1)
+            assert srv is not None
+            assert srv.business_card() is None
+            # The PE's card, then a message behind it on stream 5.
+            srv.send_business_card("py-card", [info_b])
+            srv.send(b"card sent", 42, stream=5)
+            n = s.recv(DEADLINE_S)
+            assert (n.kind, n.data, n.stream) == ("data", b"card sent", 5)
+            pool, pes = s.business_card()
+            assert pool == b"py-card" and [p.id for p in pes] == [b.pe_id]
+            assert pes[0].port == info_b.port
+            # The pool user's own card (it is a PE of py-pu-pool) and stream 9.
+            s.send_business_card("py-pu-pool", [own.info()])
+            s.send(b"hi", 42, stream=9)
+            kinds = []
+            while True:
+                n = srv.recv(DEADLINE_S)
+                kinds.append(n.kind)
+                if n.kind == "data":
+                    break
+            assert kinds == ["business_card", "data"]
+            assert (n.data, n.stream) == (b"hi", 9)
+            pool, pes = srv.business_card()
+            assert pool == b"py-pu-pool" and [p.id for p in pes] == [own.pe_id]
+            with pytest.raises(rserpool.InvalidArgument):
+                s.send(b"x", 42, stream=70000)
+            srv.close()
+            s.close()
+        finally:
+            for x in (a, b, own):
+                x.close()
