@@ -16,10 +16,11 @@
 
 use super::hash::hash_pair;
 
-/// A never-used slot.
-const EMPTY: u32 = u32::MAX;
+/// A never-used slot (zero, so that a new table is zeroed memory, which the
+/// system hands out lazily instead of it being written here).
+const EMPTY: u32 = 0;
 /// A slot whose key was removed.
-const TOMB: u32 = u32::MAX - 1;
+const TOMB: u32 = u32::MAX;
 /// Slots per bucket: five 8-byte keys and five 4-byte values fill 64 bytes.
 const SLOTS: usize = 5;
 
@@ -27,21 +28,19 @@ const SLOTS: usize = 5;
 #[repr(C, align(64))]
 struct Bucket {
     keys: [u64; SLOTS],
-    /// Entry index, or EMPTY / TOMB.
+    /// Entry index + 1, or EMPTY / TOMB.
     vals: [u32; SLOTS],
     _pad: u32,
 }
 
-const FREE_BUCKET: Bucket = Bucket {
-    keys: [0; SLOTS],
-    vals: [EMPTY; SLOTS],
-    _pad: 0,
-};
-
 impl Bucket {
     #[inline(always)]
+    fn live(v: u32) -> bool {
+        v != EMPTY && v != TOMB
+    }
+    #[inline(always)]
     fn find(&self, key: u64) -> Option<usize> {
-        (0..SLOTS).find(|&s| self.keys[s] == key && self.vals[s] < TOMB)
+        (0..SLOTS).find(|&s| self.keys[s] == key && Bucket::live(self.vals[s]))
     }
     #[inline(always)]
     fn ends_probe(&self) -> bool {
@@ -49,8 +48,17 @@ impl Bucket {
     }
     #[inline(always)]
     fn free_slot(&self) -> Option<usize> {
-        (0..SLOTS).find(|&s| self.vals[s] >= TOMB)
+        (0..SLOTS).find(|&s| !Bucket::live(self.vals[s]))
     }
+}
+
+/// `n` free buckets.
+fn free_buckets(n: usize) -> Vec<Bucket> {
+    let b: Box<[std::mem::MaybeUninit<Bucket>]> = Box::new_zeroed_slice(n);
+    // SAFETY: a bucket is plain integers, and all zeros is a bucket of EMPTY
+    // slots.
+    let b: Box<[Bucket]> = unsafe { b.assume_init() };
+    b.into_vec()
 }
 
 #[inline(always)]
@@ -158,7 +166,7 @@ impl PeTable {
     #[inline]
     pub fn get(&self, handle_hash: u64, pool: u32, id: u32) -> Option<u32> {
         let (b, s) = self.probe(handle_hash, key_of(pool, id)).ok()?;
-        Some(self.buckets[b].vals[s])
+        Some(self.buckets[b].vals[s] - 1)
     }
 
     /// Removes a key, returning its value.
@@ -177,7 +185,7 @@ impl PeTable {
             bucket.vals[s] = TOMB;
         }
         self.live -= 1;
-        Some(v)
+        Some(v - 1)
     }
 
     /// The value of a key, or where to insert it ([`insert`](Self::insert), with
@@ -197,7 +205,7 @@ impl PeTable {
         }
         let key = key_of(pool, id);
         match self.probe(handle_hash, key) {
-            Ok((b, s)) => Ok(self.buckets[b].vals[s]),
+            Ok((b, s)) => Ok(self.buckets[b].vals[s] - 1),
             Err(free) => {
                 // The load limit leaves free slots on every sequence's last bucket.
                 let (bucket, slot) = free.expect("a free slot below the load limit");
@@ -206,16 +214,21 @@ impl PeTable {
         }
     }
 
-    /// Inserts the key `v` was made for, with value `val` (below TOMB).
+    /// Inserts the key `v` was made for, with value `val` (below `u32::MAX - 1`).
     #[inline]
     pub fn insert(&mut self, v: Vacant, val: u32) {
-        debug_assert!(val < TOMB);
+        debug_assert!(val < u32::MAX - 1);
+        self.put(v, val + 1);
+    }
+
+    #[inline(always)]
+    fn put(&mut self, v: Vacant, stored: u32) {
         let bucket = &mut self.buckets[v.bucket];
         if bucket.vals[v.slot] == EMPTY {
             self.used += 1;
         }
         bucket.keys[v.slot] = v.key;
-        bucket.vals[v.slot] = val;
+        bucket.vals[v.slot] = stored;
         self.live += 1;
     }
 
@@ -227,17 +240,17 @@ impl PeTable {
         while n * SLOTS * 3 < (self.live + 1) * 8 {
             n *= 2;
         }
-        let old = std::mem::replace(&mut self.buckets, vec![FREE_BUCKET; n]);
+        let old = std::mem::replace(&mut self.buckets, free_buckets(n));
         self.used = 0;
         self.live = 0;
         for bucket in &old {
             for s in 0..SLOTS {
-                if bucket.vals[s] < TOMB {
+                if Bucket::live(bucket.vals[s]) {
                     let key = bucket.keys[s];
                     let hh = handle_hash_of((key >> 32) as u32);
                     let free = self.probe(hh, key).err().flatten();
                     let (b, slot) = free.expect("room in a new table");
-                    self.insert(
+                    self.put(
                         Vacant {
                             bucket: b,
                             slot,
@@ -295,7 +308,7 @@ mod tests {
                     .buckets
                     .iter()
                     .flat_map(|b| b.vals)
-                    .filter(|&v| v < TOMB)
+                    .filter(|&v| Bucket::live(v))
                     .count();
                 let used = t
                     .buckets
