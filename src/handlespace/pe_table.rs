@@ -52,13 +52,21 @@ impl Bucket {
     }
 }
 
-/// `n` free buckets.
+/// `n` (> 0) free buckets.
 fn free_buckets(n: usize) -> Vec<Bucket> {
-    let b: Box<[std::mem::MaybeUninit<Bucket>]> = Box::new_zeroed_slice(n);
-    // SAFETY: a bucket is plain integers, and all zeros is a bucket of EMPTY
-    // slots.
-    let b: Box<[Bucket]> = unsafe { b.assume_init() };
-    b.into_vec()
+    use std::alloc::{alloc_zeroed, handle_alloc_error, Layout};
+    let layout = Layout::array::<Bucket>(n).expect("table size");
+    // SAFETY: the layout is not zero-sized (n > 0, buckets are 64 bytes); a bucket
+    // is plain integers, and all zeros is a bucket of EMPTY slots, so the n
+    // buckets are initialised; the vector takes the allocation with the layout
+    // it was made with (Vec<Bucket> of capacity n).
+    unsafe {
+        let p = alloc_zeroed(layout).cast::<Bucket>();
+        if p.is_null() {
+            handle_alloc_error(layout);
+        }
+        Vec::from_raw_parts(p, n, n)
+    }
 }
 
 #[inline(always)]
