@@ -309,6 +309,10 @@ impl OrdSet {
         hint: u32,
         relink: &mut R,
     ) -> bool {
+        if let Some(l) = a.nodes.get(hint as usize) {
+            // All its lines at once: the search would wait for them one by one.
+            prefetch(l);
+        }
         let mut path: Path = [(0, 0); MAX_HEIGHT];
         match self.locate(a, x, hint, &mut path) {
             Some((l, pos, have_path)) => {
