@@ -10,9 +10,13 @@
  *    RSERPOOL_ERR_NULL_POINTER. Buffers always come with an explicit length.
  *  - Output parameters are written only on success, unless a function's
  *    documentation says otherwise.
- *  - Every function may be called from any thread. No function calls back
- *    into the application; blocking calls block only the calling thread.
- *  - Objects are opaque handles (rserpool_config *, rserpool_context *):
+ *  - Every function may be called from any thread; blocking calls block
+ *    only the calling thread. The library calls back into the application
+ *    only through the session callbacks the application installs
+ *    (rserpool_set_data_indication, rserpool_set_failover_callback), on the
+ *    context's thread.
+ *  - Objects are opaque handles (rserpool_config *, rserpool_context *,
+ *    rserpool_registrar *, rserpool_session *, rserpool_pe_server *):
  *    slot numbers with a generation counter, not addresses, so a freed or
  *    made-up handle gives RSERPOOL_ERR_INVALID_HANDLE instead of undefined
  *    behaviour. The caller owns what a _new function returns and frees it
@@ -232,6 +236,126 @@
 #define RSERPOOL_PPID_ENRP 12
 
 /**
+ * `rserpool_data_send` flag (RFC 5352 §6.5.5 ASAP_SEND_FAILOVER): fail over
+ * automatically if the PE fails while this message is buffered, whatever
+ * the session's `auto_failover`.
+ */
+#define RSERPOOL_SEND_FAILOVER 1
+
+/**
+ * `rserpool_data_send` flag (ASAP_SEND_NO_FAILOVER): if the PE fails while
+ * this message is buffered, report RSERPOOL_NOTIFY_PEER_FAILED and wait for
+ * `rserpool_session_failover_now` instead of failing over. Wins over
+ * RSERPOOL_SEND_FAILOVER of other buffered messages; not combinable with it
+ * in one send.
+ */
+#define RSERPOOL_SEND_NO_FAILOVER 2
+
+/**
+ * `rserpool_data_send` flag (ASAP_SCTP_UNORDER): unordered delivery (DATA
+ * flag U).
+ */
+#define RSERPOOL_SEND_UNORDERED 4096
+
+/**
+ * `rserpool_dest.kind`: the session's pool (its current PE, or the next one
+ * after a fail-over). Same as passing NULL.
+ */
+#define RSERPOOL_DEST_POOL 0
+
+/**
+ * `rserpool_dest.kind`: the pool element named by `rserpool_dest.pe_id`.
+ */
+#define RSERPOOL_DEST_PE 1
+
+/**
+ * Notification: a message (`ppid`, `stream`, `len` bytes in the buffer).
+ */
+#define RSERPOOL_NOTIFY_DATA 1
+
+/**
+ * Notification (pool user): the first PE is connected (`pe_id`; 0 for a PE
+ * reached by transport address).
+ */
+#define RSERPOOL_NOTIFY_CONNECTED 2
+
+/**
+ * Notification (pool user): a fail-over is done (only without a fail-over
+ * callback): connected to `pe_id`, coming from `from_pe_id`; the buffer
+ * receives the sequence numbers of the `count` messages re-sent to the new
+ * PE, as `uint64_t` in host byte order (`len` = 8 × `count`).
+ */
+#define RSERPOOL_NOTIFY_FAILOVER 3
+
+/**
+ * Notification (pool user): PE `pe_id` failed and the session does not
+ * fail over on its own; nothing moves until
+ * `rserpool_session_failover_now` or `rserpool_session_close`.
+ */
+#define RSERPOOL_NOTIFY_PEER_FAILED 4
+
+/**
+ * Notification (pool user): the session gave up (`error`, e.g.
+ * RSERPOOL_ERR_NO_USABLE_ELEMENT after `count` attempts); CLOSED follows.
+ */
+#define RSERPOOL_NOTIFY_FAILED 5
+
+/**
+ * Notification (pool user, with `ack_events`): the PE acknowledged the
+ * message with sequence number `seq`.
+ */
+#define RSERPOOL_NOTIFY_ACKED 6
+
+/**
+ * Notification (pool element): the pool user's cookie echo, the state the
+ * previous PE handed it (`len` bytes in the buffer); comes before its data.
+ */
+#define RSERPOOL_NOTIFY_COOKIE_ECHO 7
+
+/**
+ * Notification (pool element): the pool user's business card: its pool
+ * handle in the buffer (`len` bytes), `count` PEs, the first one `pe_id`.
+ */
+#define RSERPOOL_NOTIFY_BUSINESS_CARD 8
+
+/**
+ * Notification: the session is over (closed by either side, given up, or
+ * the context freed); the last one. Later receives give RSERPOOL_ERR_CLOSED.
+ */
+#define RSERPOOL_NOTIFY_CLOSED 9
+
+/**
+ * Session state: choosing a PE (resolution, or waiting to retry).
+ */
+#define RSERPOOL_STATE_SELECTING 1
+
+/**
+ * Session state: connecting to a PE.
+ */
+#define RSERPOOL_STATE_CONNECTING 2
+
+/**
+ * Session state: connected.
+ */
+#define RSERPOOL_STATE_UP 3
+
+/**
+ * Session state: the PE failed; waiting for the application.
+ */
+#define RSERPOOL_STATE_PEER_FAILED 4
+
+/**
+ * Session state: closed.
+ */
+#define RSERPOOL_STATE_CLOSED 5
+
+/**
+ * The longest message `rserpool_data_send` takes: one DATA chunk of the TCP
+ * mapping.
+ */
+#define RSERPOOL_MAX_MESSAGE_LEN 65519
+
+/**
  * The version of the header: `major * 10000 + minor * 100 + patch`. Compare it
  * with `rserpool_version_number()` to detect a header/library mismatch.
  */
@@ -278,6 +402,12 @@ typedef enum RserpoolErr {
    * already deregistered, or given up by the library).
    */
   RSERPOOL_ERR_UNKNOWN_PE = -6,
+  /**
+   * A call that waits was made from a callback, on the context's own
+   * thread, which is the thread that would have to answer it (use the
+   * non-blocking form there: timeout 0, RSERPOOL_SESSION_NONBLOCK).
+   */
+  RSERPOOL_ERR_WOULD_DEADLOCK = -7,
   /**
    * The peer answered with an error cause this library does not know.
    */
@@ -351,6 +481,11 @@ typedef enum RserpoolErr {
    */
   RSERPOOL_ERR_NO_USABLE_ELEMENT = -206,
   /**
+   * The session (or pool element server) is closed: by the application,
+   * by the peer, or because it gave up; nothing more will come.
+   */
+  RSERPOOL_ERR_CLOSED = -207,
+  /**
    * The input is not a well-formed message.
    */
   RSERPOOL_ERR_MALFORMED = -300,
@@ -375,10 +510,23 @@ typedef struct rserpool_config rserpool_config;
 typedef struct rserpool_context rserpool_context;
 
 /**
+ * A registered pool element listening for pool users (opaque handle): made
+ * by `rserpool_pe_listen`, ended with `rserpool_pe_server_close`.
+ */
+typedef struct rserpool_pe_server rserpool_pe_server;
+
+/**
  * An embedded registrar: opaque; made by `rserpool_registrar_start`, ended
  * with `rserpool_registrar_stop`.
  */
 typedef struct rserpool_registrar rserpool_registrar;
+
+/**
+ * An enhanced-mode session (opaque handle): a pool user's
+ * (`rserpool_session_open`, `rserpool_session_open_addr`) or a pool
+ * element's (`rserpool_pe_accept`). Ended with `rserpool_session_close`.
+ */
+typedef struct rserpool_session rserpool_session;
 
 /**
  * A pool member selection policy and its values (RFC 5356). Only the values
@@ -563,6 +711,244 @@ typedef struct rserpool_registrar_params {
   uint32_t server_id;
 } rserpool_registrar_params;
 
+/**
+ * How a pool user session behaves. Fill it with
+ * `rserpool_session_params_init`, then change what you need. Read during
+ * the open call only. The flags are 0 or 1.
+ */
+typedef struct rserpool_session_params {
+  /**
+   * 1 (default): fail over to another PE on its own when the PE fails; 0:
+   * report RSERPOOL_NOTIFY_PEER_FAILED and wait for
+   * `rserpool_session_failover_now`. The send flags override it while
+   * their message is buffered.
+   */
+  uint32_t auto_failover;
+  /**
+   * 1 (default): keep every message until the PE acknowledged it (TCP
+   * mapping ACK) and re-send the unacknowledged ones to the next PE after
+   * a fail-over; 0: a message is forgotten once written.
+   */
+  uint32_t upper_layer_acks;
+  /**
+   * 1: report every acknowledged message (RSERPOOL_NOTIFY_ACKED). Default 0.
+   */
+  uint32_t ack_events;
+  /**
+   * 0 (default): the open call waits until the first PE is connected,
+   * like a blocking connect(2); 1: it returns at once and the session
+   * connects in the background (messages sent meanwhile wait;
+   * RSERPOOL_NOTIFY_CONNECTED tells when).
+   */
+  uint32_t nonblock;
+  /**
+   * How long a blocking open waits at most, in ms; 0 (default): until the
+   * session is connected or gives up by its own rules (`max_attempts`).
+   */
+  uint32_t open_timeout_ms;
+  /**
+   * A connect attempt not answered within this counts as failed, in ms
+   * (default 5000; not 0).
+   */
+  uint32_t connect_timeout_ms;
+  /**
+   * Wait before asking for a PE again after none was available, in ms
+   * (default 1000).
+   */
+  uint32_t retry_interval_ms;
+  /**
+   * Connect attempts (and "no PE available" answers) per fail-over before
+   * the session gives up (default 5; not 0).
+   */
+  uint32_t max_attempts;
+  /**
+   * Most messages buffered, queued plus unacknowledged (default 1024; not
+   * 0). At the bound `rserpool_data_send` gives RSERPOOL_ERR_WOULD_BLOCK.
+   */
+  size_t max_buffered;
+  /**
+   * Most payload bytes buffered (default 4 MiB; not 0).
+   */
+  size_t max_buffered_bytes;
+  /**
+   * `rserpool_session_open_addr` only: a pool handle to fail over into
+   * when the PE at the address fails (`failover_pool_len` bytes); NULL
+   * (default): the session ends with that PE.
+   */
+  const uint8_t *failover_pool;
+  /**
+   * Length of `failover_pool`.
+   */
+  size_t failover_pool_len;
+} rserpool_session_params;
+
+/**
+ * Where `rserpool_data_send` sends (draft-ietf-rserpool-applic §3.7).
+ */
+typedef struct rserpool_dest {
+  /**
+   * RSERPOOL_DEST_POOL or RSERPOOL_DEST_PE.
+   */
+  uint32_t kind;
+  /**
+   * With RSERPOOL_DEST_PE: the PE identifier (one the session's pool
+   * resolution listed).
+   */
+  uint32_t pe_id;
+} rserpool_dest;
+
+/**
+ * What `rserpool_recv` received. Which fields are set depends on `kind`
+ * (see the RSERPOOL_NOTIFY_* constants); the others are 0.
+ */
+typedef struct rserpool_notification {
+  /**
+   * RSERPOOL_NOTIFY_*.
+   */
+  uint32_t kind;
+  /**
+   * DATA: the payload protocol identifier.
+   */
+  uint32_t ppid;
+  /**
+   * CONNECTED, PEER_FAILED: the PE; FAILOVER: the new PE; BUSINESS_CARD:
+   * the first PE of the card.
+   */
+  uint32_t pe_id;
+  /**
+   * FAILOVER: the PE that failed (or was switched away from).
+   */
+  uint32_t from_pe_id;
+  /**
+   * DATA: the stream it came on.
+   */
+  uint16_t stream;
+  /**
+   * Zero.
+   */
+  uint16_t reserved;
+  /**
+   * FAILED: why (an RSERPOOL_ERR_* code).
+   */
+  int32_t error;
+  /**
+   * ACKED: the message's sequence number (as `rserpool_data_send` gave it).
+   */
+  uint64_t seq;
+  /**
+   * Bytes written to the buffer (DATA, FAILOVER, COOKIE_ECHO,
+   * BUSINESS_CARD); with RSERPOOL_ERR_BUFFER_TOO_SMALL the bytes needed.
+   */
+  size_t len;
+  /**
+   * FAILOVER: messages re-sent; FAILED: attempts made; BUSINESS_CARD: PEs
+   * on the card.
+   */
+  size_t count;
+} rserpool_notification;
+
+/**
+ * A data indication callback (`rserpool_set_data_indication`): one message
+ * from the PE, `len` bytes at `data` (valid during the call only).
+ */
+typedef void (*rserpool_data_cb)(struct rserpool_session *session,
+                                 uint32_t ppid,
+                                 uint16_t stream,
+                                 const uint8_t *data,
+                                 size_t len,
+                                 void *user);
+
+/**
+ * A fail-over callback (`rserpool_set_failover_callback`): the session
+ * moved from PE `from_pe_id` to `to_pe_id`; the `resent_count` messages
+ * whose sequence numbers are at `resent` (valid during the call only) go to
+ * the new PE right after what the callback sends.
+ */
+typedef void (*rserpool_failover_cb)(struct rserpool_session *session,
+                                     uint32_t from_pe_id,
+                                     uint32_t to_pe_id,
+                                     const uint64_t *resent,
+                                     size_t resent_count,
+                                     void *user);
+
+/**
+ * Where a pool user session stands (`rserpool_session_get_status`).
+ */
+typedef struct rserpool_session_status {
+  /**
+   * RSERPOOL_STATE_*.
+   */
+  uint32_t state;
+  /**
+   * The PE the session is connected or connecting to (0: none yet, or a
+   * PE reached by transport address).
+   */
+  uint32_t pe_id;
+  /**
+   * Messages buffered: queued plus sent and not yet acknowledged.
+   */
+  size_t buffered;
+  /**
+   * Messages written to a PE (re-sends included).
+   */
+  uint64_t sent;
+  /**
+   * Of those, re-sent after a fail-over.
+   */
+  uint64_t resent;
+  /**
+   * Messages the PEs acknowledged.
+   */
+  uint64_t acked;
+  /**
+   * Fail-overs completed.
+   */
+  uint64_t failovers;
+  /**
+   * Connect attempts.
+   */
+  uint64_t connect_attempts;
+  /**
+   * Cookies received from PEs.
+   */
+  uint64_t cookies;
+} rserpool_session_status;
+
+/**
+ * How a pool element listens and registers (`rserpool_pe_listen`). Fill it
+ * with `rserpool_pe_listen_params_init`, then set at least the pool handle
+ * and the URL. Read during the call only.
+ */
+typedef struct rserpool_pe_listen_params {
+  /**
+   * The pool handle (`handle_len` bytes, 1 to 65531).
+   */
+  const uint8_t *pool_handle;
+  /**
+   * Length of `pool_handle`.
+   */
+  size_t handle_len;
+  /**
+   * Where to listen for pool users, NUL-terminated: `tcp://ADDR:PORT`
+   * (TCP with the TCP mapping) or `sctp://ADDR[,ADDR...]:PORT`; port 0
+   * takes one from the kernel. Concrete addresses (not 0.0.0.0): they are
+   * what the PE registers.
+   */
+  const char *listen_url;
+  /**
+   * The policy (default Round Robin).
+   */
+  struct rserpool_policy policy;
+  /**
+   * Registration life in the context's unit; -1 = infinite (default 60).
+   */
+  int32_t reg_life;
+  /**
+   * A fixed PE identifier, unique in the context; 0 (default) = random.
+   */
+  uint32_t pe_id;
+} rserpool_pe_listen_params;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -650,6 +1036,24 @@ int rserpool_config_set_attempts(struct rserpool_config *cfg,
                                  uint32_t max_request_retransmit);
 
 /**
+ * Sets the TCP mapping heartbeats of every connection of a context made
+ * from this configuration (to registrars, and sessions' in both
+ * directions): a HEARTBEAT goes out after `interval_ms` without hearing
+ * from the peer (default 30000; 0 = none), and a connection whose peer
+ * left `max_missed` of them in a row unanswered is closed (default 3, at
+ * least 1). For a session that is a failed PE: it fails over, which is
+ * how a PE that hangs without closing its connections (stopped, livelocked,
+ * its host unreachable) is found out.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+ * RSERPOOL_ERR_INVALID_HANDLE or RSERPOOL_ERR_INVALID_ARGUMENT
+ * (`max_missed` 0 or above 100). Thread-safe.
+ */
+int rserpool_config_set_heartbeat(struct rserpool_config *cfg,
+                                  uint32_t interval_ms,
+                                  uint32_t max_missed);
+
+/**
  * Sets the unit of registration lives (`rserpool_pe_params.reg_life`):
  * RSERPOOL_REGLIFE_SECONDS (RFC 5354, default) or
  * RSERPOOL_REGLIFE_MILLISECONDS (RSPLIB). Must match the registrar's.
@@ -686,7 +1090,9 @@ int rserpool_config_set_profile(struct rserpool_config *cfg, uint32_t profile);
  *
  * Threads: every function taking a context may be called from any thread,
  * concurrently; calls that wait for the registrar block only the calling
- * thread. No callback is ever made into the application.
+ * thread. The only calls into the application are the session callbacks
+ * (`rserpool_set_data_indication`, `rserpool_set_failover_callback`), on
+ * the context's thread.
  *
  * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
  * RSERPOOL_ERR_INVALID_HANDLE (`cfg`), RSERPOOL_ERR_NO_SCTP (an `sctp://`
@@ -707,8 +1113,14 @@ int rserpool_context_new(const struct rserpool_config *cfg, struct rserpool_cont
  * when the last one returns); new calls with the handle fail with
  * RSERPOOL_ERR_INVALID_HANDLE.
  *
- * Returns RSERPOOL_OK, or RSERPOOL_ERR_INVALID_HANDLE when `ctx` was already
- * freed or is not a context. Thread-safe.
+ * Sessions and pool element servers of the context are closed
+ * (RSERPOOL_NOTIFY_CLOSED; RSERPOOL_ERR_CLOSED from then on); their handles
+ * stay valid until `rserpool_session_close` / `rserpool_pe_server_close`.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_INVALID_HANDLE when `ctx` was already
+ * freed or is not a context, or RSERPOOL_ERR_WOULD_DEADLOCK from inside a
+ * session callback (which runs on a context's thread: nothing is done).
+ * Thread-safe.
  */
 int rserpool_context_free(struct rserpool_context *ctx);
 
@@ -992,6 +1404,466 @@ int rserpool_registrar_info(const struct rserpool_registrar *reg,
  * callback. Thread-safe; the handle must not be used afterwards.
  */
 int rserpool_registrar_stop(struct rserpool_registrar *reg);
+
+/**
+ * Fills `params` with the defaults: automatic fail-over, upper-layer
+ * acknowledgements, no ACKED notifications, blocking open without a bound
+ * of its own, connect timeout 5 s, retry interval 1 s, 5 attempts, 1024
+ * messages or 4 MiB buffered, no fail-over pool.
+ *
+ * Returns RSERPOOL_OK or RSERPOOL_ERR_NULL_POINTER. Thread-safe.
+ *
+ * # Safety
+ * `params` must be valid for writing.
+ */
+int rserpool_session_params_init(struct rserpool_session_params *params);
+
+/**
+ * Opens an enhanced-mode session to the pool `pool_handle` (`handle_len`
+ * bytes): the session picks a PE by the pool's policy (from the context's
+ * cache or after a resolution), connects to it over the transport it
+ * registered (TCP with the TCP mapping, or SCTP) and, when it fails, fails
+ * over as `params` say. `params` NULL means the defaults
+ * (`rserpool_session_params_init`).
+ *
+ * Unless `params->nonblock` is 1, waits until the first PE is connected
+ * (at most `open_timeout_ms`; by default until the session gives up after
+ * `max_attempts`). RSERPOOL_NOTIFY_CONNECTED is queued either way.
+ *
+ * On success `*session_out` receives a handle the caller owns: end it with
+ * `rserpool_session_close` exactly once. The session lives on the
+ * context's thread; freeing the context closes it (RSERPOOL_NOTIFY_CLOSED),
+ * the handle still has to be closed.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+ * RSERPOOL_ERR_INVALID_HANDLE (`ctx`), RSERPOOL_ERR_INVALID_ARGUMENT (empty
+ * or long handle, a parameter out of range), and for a blocking open that
+ * did not connect: RSERPOOL_ERR_PROTOCOL_UNKNOWN_POOL_HANDLE (no such
+ * pool), RSERPOOL_ERR_NO_USABLE_ELEMENT (no PE reachable),
+ * RSERPOOL_ERR_NO_REGISTRAR, RSERPOOL_ERR_TIMEOUT (`open_timeout_ms`
+ * passed) or RSERPOOL_ERR_WOULD_DEADLOCK (called from a callback without
+ * `nonblock`). Thread-safe; nothing is kept from the arguments.
+ *
+ * # Safety
+ * `pool_handle` must point to `handle_len` readable bytes, `params` must
+ * be NULL or point to a valid struct, `session_out` must be writable.
+ */
+int rserpool_session_open(struct rserpool_context *ctx,
+                          const uint8_t *pool_handle,
+                          size_t handle_len,
+                          const struct rserpool_session_params *params,
+                          struct rserpool_session **session_out);
+
+/**
+ * Opens a session to the pool element at a transport address (the third
+ * destination form of draft-ietf-rserpool-applic §3.7): `url` is
+ * `tcp://ADDR:PORT` (TCP mapping) or `sctp://ADDR[,ADDR...]:PORT`. The PE's
+ * identifier is unknown: notifications call it 0. When it fails the
+ * session fails over into `params->failover_pool` if given, else it ends
+ * (RSERPOOL_NOTIFY_FAILED) unless the PE handed out a business card.
+ *
+ * Otherwise as `rserpool_session_open` (blocking unless `nonblock`,
+ * ownership, threads); errors: RSERPOOL_ERR_NULL_POINTER,
+ * RSERPOOL_ERR_INVALID_HANDLE, RSERPOOL_ERR_INVALID_ARGUMENT (not a URL,
+ * wildcard address, port 0, a parameter out of range), RSERPOOL_ERR_NO_SCTP,
+ * RSERPOOL_ERR_NO_USABLE_ELEMENT (could not connect), RSERPOOL_ERR_TIMEOUT,
+ * RSERPOOL_ERR_WOULD_DEADLOCK.
+ *
+ * # Safety
+ * `url` must be a NUL-terminated string, `params` NULL or a valid struct
+ * (its `failover_pool` NULL or `failover_pool_len` readable bytes),
+ * `session_out` writable.
+ */
+int rserpool_session_open_addr(struct rserpool_context *ctx,
+                               const char *url,
+                               const struct rserpool_session_params *params,
+                               struct rserpool_session **session_out);
+
+/**
+ * DATA_SEND (draft-ietf-rserpool-applic §3.7): queues `len` bytes at `buf`
+ * (at most RSERPOOL_MAX_MESSAGE_LEN; 0 allowed, then `buf` may be NULL)
+ * with payload protocol identifier `ppid` (not 11, ASAP's). Never waits:
+ * the message goes out as soon as a PE is connected, in order, and with
+ * upper-layer acknowledgements stays buffered until the PE acknowledges it
+ * (re-sent to the next PE after a fail-over if it never did).
+ *
+ * Pool user sessions: `dest` NULL (or kind RSERPOOL_DEST_POOL) sends to the
+ * pool, i.e. the PE the session is on; RSERPOOL_DEST_PE sends to the PE
+ * `dest->pe_id`, moving the session there if it is on another one (the
+ * unacknowledged messages follow, the fail-over callback runs). `flags`:
+ * RSERPOOL_SEND_FAILOVER or RSERPOOL_SEND_NO_FAILOVER (not both), and
+ * RSERPOOL_SEND_UNORDERED. `*pe_out` (if not NULL) receives the PE the
+ * message is addressed to (0 while the session is still choosing one, or
+ * for a PE reached by transport address) and `*seq_out` (if not NULL) its
+ * sequence number in the session (0, 1, 2, ...), as
+ * RSERPOOL_NOTIFY_ACKED, RSERPOOL_NOTIFY_FAILOVER and the fail-over
+ * callback name it.
+ *
+ * Pool element sessions: the message goes to the pool user; `dest` must be
+ * NULL or RSERPOOL_DEST_POOL, only RSERPOOL_SEND_UNORDERED of the flags
+ * applies; it also acknowledges the messages received before (they are
+ * handled). `*pe_out` receives 0, `*seq_out` the count of earlier sends.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+ * RSERPOOL_ERR_INVALID_HANDLE, RSERPOOL_ERR_INVALID_ARGUMENT (PPID 11,
+ * too long, unknown flag bits or `dest->kind`), RSERPOOL_ERR_UNKNOWN_PE (a
+ * PE the pool's resolution did not list), RSERPOOL_ERR_WOULD_BLOCK (the
+ * session's buffer bound is reached: retry once messages are
+ * acknowledged), RSERPOOL_ERR_CLOSED. Thread-safe; may be called from the
+ * session's callbacks (from a fail-over callback the message goes out
+ * before the re-sent ones). `buf` is copied.
+ *
+ * # Safety
+ * `buf` must point to `len` readable bytes; `dest` must be NULL or valid;
+ * `pe_out` and `seq_out` NULL or writable.
+ */
+int rserpool_data_send(struct rserpool_session *session,
+                       const struct rserpool_dest *dest,
+                       const uint8_t *buf,
+                       size_t len,
+                       uint32_t ppid,
+                       uint32_t flags,
+                       uint32_t *pe_out,
+                       uint64_t *seq_out);
+
+/**
+ * Receives the next notification of a session (either kind): a message
+ * (RSERPOOL_NOTIFY_DATA, its bytes copied to `buf`) or an event (see the
+ * RSERPOOL_NOTIFY_* constants), written to `*out`. `timeout_ms` as for
+ * poll(2): 0 returns at once (RSERPOOL_ERR_WOULD_BLOCK when nothing is
+ * waiting), negative waits without bound, positive at most that long
+ * (RSERPOOL_ERR_TIMEOUT).
+ *
+ * A notification whose payload does not fit in `cap` bytes stays queued,
+ * first in line: the call returns RSERPOOL_ERR_BUFFER_TOO_SMALL with `*out`
+ * filled in and `out->len` the bytes needed (an exception to "outputs only
+ * on success"); call again with a larger buffer. `buf` may be NULL when
+ * `cap` is 0 (to learn the size).
+ *
+ * On a pool element session a receive first acknowledges the messages
+ * received before (the application is done with them; see
+ * `rserpool_pe_accept`); a message held back as too large counts as
+ * received.
+ *
+ * Messages taken by a data indication callback do not come here. After
+ * RSERPOOL_NOTIFY_CLOSED, receives return RSERPOOL_ERR_CLOSED.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER (`session`, `out`, or
+ * `buf` with `cap` > 0), RSERPOOL_ERR_INVALID_HANDLE,
+ * RSERPOOL_ERR_BUFFER_TOO_SMALL, RSERPOOL_ERR_WOULD_BLOCK,
+ * RSERPOOL_ERR_TIMEOUT, RSERPOOL_ERR_CLOSED, RSERPOOL_ERR_WOULD_DEADLOCK (a
+ * waiting receive from a callback: use timeout 0 there). Thread-safe
+ * (concurrent receivers each get different notifications).
+ *
+ * # Safety
+ * `out` must be writable, `buf` must have `cap` writable bytes.
+ */
+int rserpool_recv(struct rserpool_session *session,
+                  struct rserpool_notification *out,
+                  uint8_t *buf,
+                  size_t cap,
+                  int timeout_ms);
+
+/**
+ * A descriptor for select/poll/epoll: readable exactly while a
+ * notification is waiting for `rserpool_recv` (level-triggered; a session
+ * whose messages all go to a data indication callback becomes readable for
+ * its other events only). Created on the first call, the same afterwards.
+ *
+ * The descriptor belongs to the session: do not read, write or close it;
+ * it stays valid until `rserpool_session_close` (remove it from your
+ * epoll set before). `*fd_out` receives it.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+ * RSERPOOL_ERR_INVALID_HANDLE or RSERPOOL_ERR_OS (no descriptor left).
+ * Thread-safe.
+ *
+ * # Safety
+ * `fd_out` must be writable.
+ */
+int rserpool_session_fd(struct rserpool_session *session, int *fd_out);
+
+/**
+ * DATA_INDICATION by callback (pool user sessions): from now on every
+ * message from the PE goes to `cb(session, ppid, stream, data, len, user)`
+ * instead of `rserpool_recv` (messages already queued stay queued). `cb`
+ * NULL removes it: messages are queued again.
+ *
+ * The callback runs on the context's thread, one at a time with every
+ * other callback of that context, while nothing else of the context runs:
+ * keep it short. `data` is valid during the call only. Inside it every
+ * non-blocking call works (`rserpool_data_send`, `rserpool_recv` with
+ * timeout 0, `rserpool_session_close`, ...); waiting calls (a receive with
+ * a timeout, a blocking open, `rserpool_pe_listen`, a waiting accept,
+ * registration and resolution calls) return RSERPOOL_ERR_WOULD_DEADLOCK,
+ * and `rserpool_context_free` must not be called there. It must not
+ * unwind (C++ exceptions, longjmp) out of the callback.
+ *
+ * Replacing or removing the callback (and closing the session) waits for
+ * a call running on another thread to return, so afterwards `user` is no
+ * longer used; do not hold a lock the callback takes while doing so.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER (`session`),
+ * RSERPOOL_ERR_INVALID_HANDLE or RSERPOOL_ERR_INVALID_ARGUMENT (a pool
+ * element session). Thread-safe.
+ */
+int rserpool_set_data_indication(struct rserpool_session *session, rserpool_data_cb cb, void *user);
+
+/**
+ * The fail-over callback (draft-ietf-rserpool-applic §3.4; pool user
+ * sessions): called right after a fail-over's new connection is up (the
+ * cookie echo sent), before any re-sent or queued message goes out, as
+ * `cb(session, from_pe_id, to_pe_id, resent, resent_count, user)`:
+ * `resent` holds the sequence numbers of the messages about to be re-sent
+ * (sent to the failed PE, never acknowledged; valid during the call only).
+ * Messages the callback sends with `rserpool_data_send` go out first, so
+ * it can send what resumes the transaction. It replaces
+ * RSERPOOL_NOTIFY_FAILOVER; also called when `rserpool_data_send` to a PE
+ * identifier moved the session. `cb` NULL removes it.
+ *
+ * Runs on the context's thread like the data indication callback (see
+ * `rserpool_set_data_indication` for what may be called there and for
+ * replacing it).
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER (`session`),
+ * RSERPOOL_ERR_INVALID_HANDLE or RSERPOOL_ERR_INVALID_ARGUMENT (a pool
+ * element session). Thread-safe.
+ */
+int rserpool_set_failover_callback(struct rserpool_session *session,
+                                   rserpool_failover_cb cb,
+                                   void *user);
+
+/**
+ * After RSERPOOL_NOTIFY_PEER_FAILED (no automatic fail-over): fail over
+ * now, to the next PE by the pool's policy; RSERPOOL_NOTIFY_FAILOVER (or
+ * the fail-over callback) follows once connected. Without automatic
+ * fail-over a basic-mode application may instead close the session and
+ * pick a PE itself (`rserpool_get_next_server`).
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+ * RSERPOOL_ERR_INVALID_HANDLE, RSERPOOL_ERR_INVALID_ARGUMENT (a pool
+ * element session) or RSERPOOL_ERR_INVALID_STATE (the session is not
+ * waiting after a PE failure). Thread-safe; does not wait.
+ */
+int rserpool_session_failover_now(struct rserpool_session *session);
+
+/**
+ * Copies the latest cookie the PEs sent (opaque state, echoed to the next
+ * PE after a fail-over) into `buf`; `*len` receives its length (0: no
+ * cookie yet). With RSERPOOL_ERR_BUFFER_TOO_SMALL `*len` receives the size
+ * needed and `buf` is untouched. `buf` may be NULL when `cap` is 0.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+ * RSERPOOL_ERR_INVALID_HANDLE, RSERPOOL_ERR_INVALID_ARGUMENT (a pool
+ * element session) or RSERPOOL_ERR_BUFFER_TOO_SMALL. Thread-safe.
+ *
+ * # Safety
+ * `buf` must have `cap` writable bytes, `len` must be writable.
+ */
+int rserpool_session_cookie(struct rserpool_session *session,
+                            uint8_t *buf,
+                            size_t cap,
+                            size_t *len);
+
+/**
+ * Reads where a pool user session stands and its counters into `*out`.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+ * RSERPOOL_ERR_INVALID_HANDLE or RSERPOOL_ERR_INVALID_ARGUMENT (a pool
+ * element session). Thread-safe.
+ *
+ * # Safety
+ * `out` must be writable.
+ */
+int rserpool_session_get_status(struct rserpool_session *session,
+                                struct rserpool_session_status *out);
+
+/**
+ * Closes a session and frees its handle; NULL is accepted (nothing done).
+ * Gracefully, like close(2) on a socket: no more sends, what is buffered
+ * still goes out (a pool user session keeps failing over until its
+ * messages are acknowledged, then closes; a pool element session
+ * acknowledges what it received and sends what is queued). Returns at
+ * once, after waiting for a callback of this session running on another
+ * thread (none is called afterwards). Notifications not yet received are
+ * dropped.
+ *
+ * Returns RSERPOOL_OK, or RSERPOOL_ERR_INVALID_HANDLE when `session` was
+ * already closed or never was a session. Thread-safe; may be called from
+ * the session's own callbacks. Calls running on other threads with the
+ * handle finish normally; later ones fail with RSERPOOL_ERR_INVALID_HANDLE.
+ */
+int rserpool_session_close(struct rserpool_session *session);
+
+/**
+ * `sizeof(rserpool_notification)` as the library sees it, for bindings to
+ * check their layout. Thread-safe.
+ */
+size_t rserpool_notification_size(void);
+
+/**
+ * `sizeof(rserpool_session_params)` as the library sees it, for bindings
+ * to check their layout. Thread-safe.
+ */
+size_t rserpool_session_params_size(void);
+
+/**
+ * Fills `params` with the defaults: no pool handle, no URL, Round Robin,
+ * registration life 60, random PE identifier.
+ *
+ * Returns RSERPOOL_OK or RSERPOOL_ERR_NULL_POINTER. Thread-safe.
+ *
+ * # Safety
+ * `params` must be valid for writing.
+ */
+int rserpool_pe_listen_params_init(struct rserpool_pe_listen_params *params);
+
+/**
+ * An enhanced-mode pool element, like socket + bind + listen: opens the
+ * listener at `params->listen_url`, registers a PE of the pool there (the
+ * bound address and port, Transport Use data plus control: the connection
+ * carries the ASAP control channel) and returns once the registrar granted
+ * it. The library keeps the registration alive as for
+ * `rserpool_register_pe`. Pool users' sessions come from
+ * `rserpool_pe_accept`.
+ *
+ * On success `*server_out` receives a handle the caller owns: end it with
+ * `rserpool_pe_server_close` exactly once.
+ *
+ * Blocks like `rserpool_register_pe`. Returns RSERPOOL_OK,
+ * RSERPOOL_ERR_NULL_POINTER (`ctx`, `params`, its handle or URL,
+ * `server_out`), RSERPOOL_ERR_INVALID_HANDLE, RSERPOOL_ERR_INVALID_ARGUMENT
+ * (handle length, URL, wildcard address, policy, life, PE identifier in
+ * use), RSERPOOL_ERR_NO_SCTP, RSERPOOL_ERR_OS (cannot listen there),
+ * RSERPOOL_ERR_PROTOCOL_* (the registrar refused), RSERPOOL_ERR_NO_REGISTRAR,
+ * RSERPOOL_ERR_TIMEOUT, RSERPOOL_ERR_WOULD_DEADLOCK (from a callback).
+ * Thread-safe; nothing is kept from `params`.
+ *
+ * # Safety
+ * `params` must point to a valid struct (its handle `handle_len` readable
+ * bytes, its URL NUL-terminated); `server_out` must be writable.
+ */
+int rserpool_pe_listen(struct rserpool_context *ctx,
+                       const struct rserpool_pe_listen_params *params,
+                       struct rserpool_pe_server **server_out);
+
+/**
+ * `*pe_id_out` receives the PE identifier the server is registered under.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER or
+ * RSERPOOL_ERR_INVALID_HANDLE. Thread-safe.
+ *
+ * # Safety
+ * `pe_id_out` must be writable.
+ */
+int rserpool_pe_server_pe_id(struct rserpool_pe_server *server, uint32_t *pe_id_out);
+
+/**
+ * Writes where the server listens as a URL (the kernel's port if the
+ * listen URL said 0, e.g. "tcp://127.0.0.1:40123"), NUL-terminated, into
+ * `buf` of `cap` bytes; `*len` receives its length without the NUL (with
+ * RSERPOOL_ERR_BUFFER_TOO_SMALL: the size needed, NUL included). A pool
+ * user may open a session to it with `rserpool_session_open_addr`.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+ * RSERPOOL_ERR_INVALID_HANDLE or RSERPOOL_ERR_BUFFER_TOO_SMALL.
+ * Thread-safe.
+ *
+ * # Safety
+ * `buf` must have `cap` writable bytes; `len` must be writable.
+ */
+int rserpool_pe_server_local_url(struct rserpool_pe_server *server,
+                                 char *buf,
+                                 size_t cap,
+                                 size_t *len);
+
+/**
+ * A descriptor readable exactly while a pool user session waits to be
+ * accepted (level-triggered), for select/poll/epoll. It belongs to the
+ * server: do not read, write or close it; valid until
+ * `rserpool_pe_server_close`. `*fd_out` receives it.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER or
+ * RSERPOOL_ERR_INVALID_HANDLE. Thread-safe.
+ *
+ * # Safety
+ * `fd_out` must be writable.
+ */
+int rserpool_pe_server_fd(struct rserpool_pe_server *server, int *fd_out);
+
+/**
+ * Accepts the next pool user's session, waiting as `timeout_ms` says (as
+ * for `rserpool_recv`: 0 returns at once with RSERPOOL_ERR_WOULD_BLOCK,
+ * negative without bound, positive at most that long with
+ * RSERPOOL_ERR_TIMEOUT). On success `*session_out` receives a session
+ * handle the caller owns (end it with `rserpool_session_close`), used with
+ * `rserpool_recv`, `rserpool_data_send`, `rserpool_send_cookie`,
+ * `rserpool_session_ack` and `rserpool_session_fd`.
+ *
+ * When a message is acknowledged: the pool user forgets a message once
+ * the PE acknowledged it, and after a fail-over re-sends only what was
+ * never acknowledged. So a message counts as handled not when it is read
+ * but when the application comes back after reading it: its next
+ * `rserpool_recv`, `rserpool_data_send` or `rserpool_send_cookie` on that
+ * session, `rserpool_session_ack`, or `rserpool_session_close`. A PE that
+ * dies between reading a request and answering it leaves the request to
+ * the next PE.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+ * RSERPOOL_ERR_INVALID_HANDLE, RSERPOOL_ERR_WOULD_BLOCK,
+ * RSERPOOL_ERR_TIMEOUT, RSERPOOL_ERR_CLOSED (the server is closed or its
+ * context freed) or RSERPOOL_ERR_WOULD_DEADLOCK (a waiting accept from a
+ * callback). Thread-safe.
+ *
+ * # Safety
+ * `session_out` must be writable.
+ */
+int rserpool_pe_accept(struct rserpool_pe_server *server,
+                       int timeout_ms,
+                       struct rserpool_session **session_out);
+
+/**
+ * Sends an ASAP_COOKIE to the pool user of a pool element session: opaque
+ * state (`len` bytes, up to about RSERPOOL_MAX_MESSAGE_LEN) the pool user
+ * keeps (the latest only) and echoes to the next PE after a fail-over
+ * (RSERPOOL_NOTIFY_COOKIE_ECHO there). Acknowledges what was received
+ * before, like a send. Never waits.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+ * RSERPOOL_ERR_INVALID_HANDLE, RSERPOOL_ERR_INVALID_ARGUMENT (a pool user
+ * session, or too long) or RSERPOOL_ERR_CLOSED. Thread-safe; `buf` is
+ * copied.
+ *
+ * # Safety
+ * `buf` must point to `len` readable bytes (NULL only when `len` is 0).
+ */
+int rserpool_send_cookie(struct rserpool_session *session, const uint8_t *buf, size_t len);
+
+/**
+ * Acknowledges every message of a pool element session received so far:
+ * the application is done with them (see `rserpool_pe_accept`). Never
+ * waits.
+ *
+ * Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+ * RSERPOOL_ERR_INVALID_HANDLE or RSERPOOL_ERR_INVALID_ARGUMENT (a pool user
+ * session). Thread-safe.
+ */
+int rserpool_session_ack(struct rserpool_session *session);
+
+/**
+ * Deregisters the PE (waiting for the registrar's answer, bounded as
+ * `rserpool_deregister`), stops listening and frees the handle; sessions
+ * not yet accepted are closed, accepted ones stay open. A blocking
+ * `rserpool_pe_accept` on another thread returns RSERPOOL_ERR_CLOSED.
+ * NULL is accepted (nothing done).
+ *
+ * Returns RSERPOOL_OK; RSERPOOL_ERR_INVALID_HANDLE when `server` was
+ * already closed or never was a server; or the deregistration's error
+ * (RSERPOOL_ERR_NO_REGISTRAR, RSERPOOL_ERR_TIMEOUT, ...: the handle is
+ * freed anyway, and the registrar drops the PE when its life runs out).
+ * From a callback it does not wait for the registrar. Thread-safe.
+ */
+int rserpool_pe_server_close(struct rserpool_pe_server *server);
 
 /**
  * The library version as a static NUL-terminated string, e.g. "0.1.0".

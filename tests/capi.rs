@@ -4,9 +4,15 @@
 //! Set `RSERPOOL_CAPI_VALGRIND=1` to run each program under valgrind (leak check,
 //! errors fail the test), `RSERPOOL_CAPI_SANITIZE=1` to build with AddressSanitizer
 //! and UndefinedBehaviorSanitizer.
+//!
+//! Every program gets `RSERPOOL_BIN` (the `rserpool` binary), and
+//! `RSERPOOL_FILESERVER` / `RSERPOOL_FILECLIENT`: the programs of
+//! `examples-c/file-transfer`, built here first with their Makefile and
+//! linked like the test (shared or static), for `file_transfer.c`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 mod common;
 use common::lib_dir;
@@ -71,7 +77,31 @@ fn compile(src: &Path, out: &Path, static_link: bool) {
     );
 }
 
-fn run(exe: &Path) {
+/// Builds `examples-c/file-transfer` (once per process: both tests share it).
+fn file_transfer_example() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = manifest_dir().join("examples-c").join("file-transfer");
+            let o = Command::new("make")
+                .arg("-B")
+                .arg("-C")
+                .arg(&dir)
+                .arg(format!("LIBDIR={}", lib_dir().display()))
+                .output()
+                .expect("make runs");
+            assert!(
+                o.status.success(),
+                "make in examples-c/file-transfer failed:\n{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            dir
+        })
+        .clone()
+}
+
+fn run(exe: &Path, static_link: bool) {
     let mut cmd = if env_on("RSERPOOL_CAPI_VALGRIND") {
         let mut c = Command::new("valgrind");
         c.args([
@@ -86,7 +116,17 @@ fn run(exe: &Path) {
     } else {
         Command::new(exe)
     };
-    cmd.env("RSERPOOL_BIN", env!("CARGO_BIN_EXE_rserpool"));
+    let ft = file_transfer_example();
+    let suffix = if static_link { "-static" } else { "" };
+    cmd.env("RSERPOOL_BIN", env!("CARGO_BIN_EXE_rserpool"))
+        .env(
+            "RSERPOOL_FILESERVER",
+            ft.join(format!("fileserver{suffix}")),
+        )
+        .env(
+            "RSERPOOL_FILECLIENT",
+            ft.join(format!("fileclient{suffix}")),
+        );
     let o = cmd.output().expect("the C test runs");
     print!("{}", String::from_utf8_lossy(&o.stdout));
     assert!(
@@ -109,7 +149,7 @@ fn build_and_run_all(static_link: bool) {
     for src in c_sources() {
         let exe = out_dir.join(src.file_stem().expect("file name"));
         compile(&src, &exe, static_link);
-        run(&exe);
+        run(&exe, static_link);
     }
 }
 

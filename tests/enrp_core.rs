@@ -5,6 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use rserpool::asap::T4Rule;
 use rserpool::registrar::{
     ConnId, ConnInfo, ConnKind, Output, PeerState, Registrar, RegistrarConfig, StartupState,
     PPID_ASAP, PPID_ENRP,
@@ -12,8 +13,8 @@ use rserpool::registrar::{
 use rserpool::sim::{registrar_addr, Faults, Node, PeSpec, Sim};
 use rserpool::time::Time;
 use rserpool::wire::{
-    enrp_type, AsapMessage, EnrpBody, EnrpMessage, Policy, PoolElement, PoolHandle, Transport,
-    UpdateAction,
+    enrp_type, AsapMessage, EnrpBody, EnrpMessage, Policy, PoolElement, PoolHandle, ServerInfo,
+    Transport, UpdateAction,
 };
 
 fn fast(peers: Vec<SocketAddr>) -> RegistrarConfig {
@@ -32,14 +33,7 @@ fn fast(peers: Vec<SocketAddr>) -> RegistrarConfig {
 }
 
 fn spec(pool: &str, id: u32, home: usize) -> PeSpec {
-    PeSpec {
-        pool: pool.into(),
-        id,
-        home,
-        reregistration_interval: Duration::from_secs(2),
-        reg_life: 6,
-        response_timeout: Duration::from_secs(1),
-    }
+    PeSpec::new(pool, id, home)
 }
 
 fn pe(id: u32, home: u32) -> PoolElement {
@@ -93,11 +87,10 @@ fn startup_download_is_chunked_one_request_per_chunk() {
         ..fast(vec![])
     });
     for i in 0..1000u32 {
-        sim.add_pe(PeSpec {
-            reregistration_interval: Duration::from_secs(100),
-            reg_life: 600,
-            ..spec(&format!("pool{}", i % 7), i + 1, 0)
-        });
+        let mut pe = spec(&format!("pool{}", i % 7), i + 1, 0);
+        pe.reg_life = 600;
+        pe.config.t4_reregistration = T4Rule::Fixed(Duration::from_secs(100));
+        sim.add_pe(pe);
     }
     sim.run_for(Duration::from_secs(1)).unwrap();
     assert_eq!(sim.registrar(0).unwrap().pe_count(), 1000);
@@ -337,6 +330,51 @@ fn reregistration_at_another_registrar_moves_ownership() {
 }
 
 #[test]
+fn deregistering_another_servers_pe_moves_it_here_then_deletes_it_everywhere() {
+    // PE 5 is homed at peer 77 (which died, say); the PE hunted and its
+    // deregistration reaches us. Peers apply DEL_PE only from the owner, so
+    // we announce it as ours first, then delete it.
+    let mut h = H::new(ME);
+    h.connect(1); // the PE's new connection
+    h.connect(2); // peer 77
+    h.connect(3); // peer 88
+    h.presence(2, 77, 0xffff);
+    h.presence(3, 88, 0xffff);
+    h.add(2, 77, 5);
+    assert_eq!(h.r.pool_element(&"P".into(), 5).unwrap().home, 77);
+    let dereg = AsapMessage::Deregistration {
+        pool_handle: "P".into(),
+        pe_id: 5,
+    };
+    h.r.handle_message(ConnId(1), PPID_ASAP, &dereg.to_bytes(), h.now);
+    let out = h.drain();
+    assert!(out.iter().any(|o| matches!(o,
+        Output::Send { conn: ConnId(1), ppid: PPID_ASAP, msg }
+            if matches!(AsapMessage::decode(msg).unwrap().msg,
+                AsapMessage::DeregistrationResponse { error: None, .. }))));
+    assert_eq!(h.r.pe_count(), 0);
+    for peer in [2, 3] {
+        let updates: Vec<(UpdateAction, u32, u32)> = enrp_out(out.clone())
+            .into_iter()
+            .filter(|(c, _)| *c == ConnId(peer))
+            .filter_map(|(_, m)| match m.body {
+                EnrpBody::HandleUpdate { action, pe, .. } => Some((action, pe.id, pe.home)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            updates,
+            [(UpdateAction::ADD_PE, 5, ME), (UpdateAction::DEL_PE, 5, ME)],
+            "to peer conn {peer}"
+        );
+    }
+    // An unknown PE is a success with nothing to tell.
+    h.r.handle_message(ConnId(1), PPID_ASAP, &dereg.to_bytes(), h.now);
+    assert!(enrp_out(h.drain()).is_empty());
+    h.r.check_consistency().unwrap();
+}
+
+#[test]
 fn checksum_mismatch_triggers_w1_resync_that_repairs_missing_and_extra() {
     let mut h = H::new(ME);
     h.connect(2);
@@ -560,7 +598,10 @@ fn connect_ids_come_from_the_cores_namespace() {
     assert_eq!(r.poll_timeout(), Some(Time::ZERO));
     r.handle_timeout(Time::ZERO);
     let out: Vec<Output> = std::iter::from_fn(|| r.poll_output()).collect();
-    let Output::Connect { conn, addr, kind } = &out[0] else {
+    let Output::Connect {
+        conn, addr, kind, ..
+    } = &out[0]
+    else {
         panic!("{out:?}")
     };
     assert!(conn.0 & rserpool::registrar::CORE_CONN_BIT != 0);
@@ -570,4 +611,739 @@ fn connect_ids_come_from_the_cores_namespace() {
     let out: Vec<Output> = std::iter::from_fn(|| r.poll_output()).collect();
     assert!(matches!(&out[..], [Output::Connect { addr, .. }] if *addr == registrar_addr(2)));
     assert_eq!(r.startup_state(), StartupState::Connecting(1));
+}
+
+// ------------------------------------------------ presence multicast
+
+fn multicast(peers: Vec<SocketAddr>) -> RegistrarConfig {
+    RegistrarConfig {
+        enrp_multicast: true,
+        ..fast(peers)
+    }
+}
+
+#[test]
+fn multicast_alone_finds_every_peer_and_converges() {
+    let run = |mcast: bool| {
+        let mut sim = Sim::new(21, Faults::none());
+        for _ in 0..3 {
+            sim.add_registrar(RegistrarConfig {
+                enrp_multicast: mcast,
+                ..fast(vec![])
+            });
+        }
+        for (id, home) in [(1, 0), (2, 1), (3, 2), (4, 2)] {
+            sim.add_pe(spec("P", id, home));
+        }
+        sim.run_for(Duration::from_secs(5)).unwrap();
+        sim
+    };
+    // Control: without the group nobody knows anybody.
+    let alone = run(false);
+    assert!(alone.check_converged().is_err());
+    assert!((0..3).all(|i| alone.registrar(i).unwrap().peers().is_empty()));
+
+    let sim = run(true);
+    sim.check_converged().unwrap();
+    let mut discovered = 0;
+    for i in 0..3 {
+        let r = sim.registrar(i).unwrap();
+        assert_eq!(r.pe_count(), 4, "slot {i}");
+        let peers = r.peers();
+        assert_eq!(peers.len(), 2, "slot {i}: {peers:?}");
+        for p in &peers {
+            assert_eq!(p.state, PeerState::Active, "slot {i}: {p:?}");
+            assert_eq!(p.checksum_announced, Some(p.checksum_held));
+            assert_eq!(p.addr.map(|a| a.port()), Some(9901));
+        }
+        let e = r.enrp_stats();
+        // Its own presences came back to it (the sim loops the group back).
+        assert!(e.multicast_sent > 0 && e.multicast_ignored > 0, "{e:?}");
+        assert_eq!(e.multicast_malformed, 0);
+        discovered += e.peers_discovered;
+    }
+    // Every pair met through the group at least once; the first presence of
+    // each goes out at its start, so most meet both ways.
+    assert!(discovered >= 3, "{discovered}");
+    assert!(sim
+        .sent_types
+        .contains_key(&(Node::Reg(2), 0, enrp_type::PRESENCE)));
+}
+
+#[test]
+fn multicast_late_joiner_syncs_and_silent_death_is_taken_over() {
+    let mut sim = Sim::new(
+        22,
+        Faults {
+            loss: 0.0,
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+            reorder: 0.0,
+            fault_interval: None,
+        },
+    );
+    sim.add_registrar_with_id(multicast(vec![]), 10);
+    sim.add_registrar_with_id(multicast(vec![]), 20);
+    for (id, home) in [(1, 0), (2, 0), (3, 1)] {
+        sim.add_pe(spec("P", id, home));
+    }
+    sim.run_for(Duration::from_secs(3)).unwrap();
+    sim.check_converged().unwrap();
+    // A newcomer configured with nothing but the group gets everything.
+    sim.add_registrar_with_id(multicast(vec![]), 30);
+    sim.run_for(Duration::from_secs(3)).unwrap();
+    sim.check_converged().unwrap();
+    assert_eq!(sim.registrar(2).unwrap().pe_count(), 3);
+    assert_eq!(sim.registrar(2).unwrap().peers().len(), 2);
+    // A silent death: found by probing as for configured peers, taken over
+    // by the highest id, and its PEs move on.
+    sim.crash(0, false);
+    sim.run_for(Duration::from_secs(10)).unwrap();
+    for i in 1..3 {
+        let r = sim.registrar(i).unwrap();
+        let dead = r.peers().into_iter().find(|p| p.id == 10).unwrap();
+        assert_eq!(dead.state, PeerState::TakenOver, "slot {i}");
+        assert_eq!(dead.taken_over_by, Some(30));
+    }
+    sim.check_converged().unwrap();
+}
+
+/// A registrar core on the group, alone, with its ENRP endpoint at
+/// 10.0.0.1:9901.
+fn mcast_core(cfg: RegistrarConfig) -> H {
+    let mut h = H {
+        r: Registrar::new(
+            RegistrarConfig {
+                enrp_multicast: true,
+                enrp_transport: Some(Transport::Tcp {
+                    port: 9901,
+                    transport_use: 0,
+                    addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+                }),
+                ..cfg
+            },
+            ME,
+            1,
+            Time::ZERO,
+        ),
+        now: Time::ZERO,
+    };
+    // The first presence goes out at once.
+    h.r.handle_timeout(Time::ZERO);
+    let out = h.drain();
+    assert!(
+        matches!(&out[..], [Output::EnrpMulticast { .. }]),
+        "{out:?}"
+    );
+    h
+}
+
+fn tcp_info(sender: u32, ip: [u8; 4], port: u16) -> Option<ServerInfo> {
+    Some(ServerInfo {
+        server_id: sender,
+        transport: Transport::Tcp {
+            port,
+            transport_use: 0,
+            addr: IpAddr::from(ip),
+        },
+    })
+}
+
+fn presence_bytes(sender: u32, receiver: u32, server_info: Option<ServerInfo>) -> Vec<u8> {
+    EnrpMessage {
+        sender,
+        receiver,
+        body: EnrpBody::Presence {
+            reply_required: false,
+            checksum: Some(0xffff),
+            server_info,
+        },
+    }
+    .to_bytes()
+}
+
+fn src(last: u8) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, last)), 40000)
+}
+
+impl H {
+    fn mcast(&mut self, bytes: &[u8], from: SocketAddr) -> Vec<Output> {
+        self.r.handle_multicast(bytes, from, self.now);
+        self.drain()
+    }
+}
+
+#[test]
+fn multicast_presence_goes_out_every_heartbeat_cycle() {
+    let mut r = Registrar::new(
+        RegistrarConfig {
+            enrp_multicast: true,
+            enrp_transport: Some(Transport::Tcp {
+                port: 9901,
+                transport_use: 0,
+                addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            }),
+            ..fast(vec![])
+        },
+        ME,
+        1,
+        Time::ZERO,
+    );
+    let mut sent = Vec::new();
+    let mut now = Time::ZERO;
+    while now <= Time::from_millis(3500) {
+        if r.poll_timeout().is_some_and(|t| t <= now) {
+            r.handle_timeout(now);
+            while let Some(o) = r.poll_output() {
+                let Output::EnrpMulticast { msg } = o else {
+                    panic!("{o:?}")
+                };
+                sent.push((now, EnrpMessage::decode(&msg).unwrap().msg));
+            }
+        }
+        now = now + Duration::from_millis(10);
+    }
+    // At 0 s, then every PEER-HEARTBEAT-CYCLE (1 s).
+    let at: Vec<u64> = sent.iter().map(|(t, _)| t.as_micros() / 1000).collect();
+    assert_eq!(at, [0, 1000, 2000, 3000]);
+    let m = &sent[0].1;
+    assert_eq!((m.sender, m.receiver), (ME, 0));
+    assert_eq!(
+        m.body,
+        EnrpBody::Presence {
+            reply_required: false,
+            checksum: Some(r.own_checksum()),
+            server_info: tcp_info(ME, [10, 0, 0, 1], 9901),
+        }
+    );
+    // Without an endpoint to name, nothing is sent.
+    let mut quiet = Registrar::new(multicast(vec![]), ME, 1, Time::ZERO);
+    quiet.handle_timeout(Time::ZERO);
+    assert_eq!(quiet.poll_output(), None);
+    assert_eq!(quiet.enrp_stats().multicast_sent, 0);
+    // And never without the switch.
+    let mut off = Registrar::new(fast(vec![]), ME, 1, Time::ZERO);
+    assert_eq!(off.poll_timeout(), None);
+    off.handle_timeout(Time::from_secs(100));
+    assert_eq!(off.poll_output(), None);
+}
+
+#[test]
+fn multicast_presence_from_an_unknown_server_adds_and_dials_it() {
+    let mut h = mcast_core(fast(vec![]));
+    let out = h.mcast(
+        &presence_bytes(77, 0, tcp_info(77, [10, 0, 0, 77], 9901)),
+        src(77),
+    );
+    let [Output::Connect {
+        conn, addr, kind, ..
+    }] = &out[..]
+    else {
+        panic!("{out:?}")
+    };
+    let conn = *conn;
+    assert_eq!(*addr, "10.0.0.77:9901".parse().unwrap());
+    assert_eq!(*kind, ConnKind::Tcp);
+    let p = &h.r.peers()[0];
+    assert_eq!(
+        (p.id, p.addr, p.state),
+        (77, Some(*addr), PeerState::Connecting)
+    );
+    assert_eq!(h.r.enrp_stats().peers_discovered, 1);
+    // Its next presence while we connect: no second dial.
+    let again = h.mcast(
+        &presence_bytes(77, 0, tcp_info(77, [10, 0, 0, 77], 9901)),
+        src(77),
+    );
+    assert!(again.is_empty(), "{again:?}");
+    // Connected: we introduce ourselves and ask for its peers.
+    h.r.handle_connected(conn, info(1), h.now);
+    let sent = enrp_out(h.drain());
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent.iter().all(|(c, _)| *c == conn));
+    assert!(matches!(
+        sent[0].1.body,
+        EnrpBody::Presence {
+            reply_required: true,
+            ..
+        }
+    ));
+    assert_eq!(sent[1].1.body, EnrpBody::ListRequest);
+    // It answers: an active peer like any other.
+    let m = EnrpMessage {
+        sender: 77,
+        receiver: ME,
+        body: EnrpBody::Presence {
+            reply_required: false,
+            checksum: Some(0xffff),
+            server_info: tcp_info(77, [10, 0, 0, 77], 9901),
+        },
+    };
+    h.r.handle_message(conn, PPID_ENRP, &m.to_bytes(), h.now);
+    h.drain();
+    assert_eq!(h.r.peers()[0].state, PeerState::Active);
+    assert_eq!(h.r.peers()[0].conn, Some(conn));
+
+    // A wildcard ENRP address means the datagram's source; RSPLIB's SCTP
+    // endpoint (and its receiver id set to us) is dialled over SCTP.
+    let out = h.mcast(
+        &presence_bytes(78, 0, tcp_info(78, [0, 0, 0, 0], 9902)),
+        src(78),
+    );
+    assert!(
+        matches!(&out[..], [Output::Connect { addr, kind: ConnKind::Tcp, .. }] if *addr == "10.0.0.78:9902".parse().unwrap()),
+        "{out:?}"
+    );
+    let sctp = Some(ServerInfo {
+        server_id: 79,
+        transport: Transport::Sctp {
+            port: 9901,
+            transport_use: 0,
+            addrs: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, 79))],
+        },
+    });
+    let out = h.mcast(&presence_bytes(79, ME, sctp), src(79));
+    assert!(
+        matches!(&out[..], [Output::Connect { addr, kind: ConnKind::Sctp, .. }] if *addr == "10.0.0.79:9901".parse().unwrap()),
+        "{out:?}"
+    );
+    assert_eq!(h.r.enrp_stats().peers_discovered, 3);
+    assert_eq!(h.r.enrp_stats().multicast_received, 4);
+    h.r.check_consistency().unwrap();
+}
+
+#[test]
+fn multicast_ignores_itself_other_messages_and_garbage() {
+    let mut h = mcast_core(fast(vec![]));
+    let before = h.r.enrp_stats();
+    // Our own presence, looped back by the kernel.
+    let own = presence_bytes(ME, 0, tcp_info(ME, [10, 0, 0, 1], 9901));
+    assert!(h.mcast(&own, src(1)).is_empty());
+    // Not a presence; for another receiver; server 0; no Server Information;
+    // Server Information of another server; a port of 0.
+    let update = EnrpMessage {
+        sender: 77,
+        receiver: 0,
+        body: EnrpBody::HandleUpdate {
+            takeover_suggested: false,
+            action: UpdateAction::ADD_PE,
+            pool_handle: "P".into(),
+            pe: pe(1, 77),
+        },
+    }
+    .to_bytes();
+    for bytes in [
+        update,
+        presence_bytes(77, 999, tcp_info(77, [10, 0, 0, 77], 9901)),
+        presence_bytes(0, 0, tcp_info(0, [10, 0, 0, 77], 9901)),
+        presence_bytes(77, 0, None),
+        presence_bytes(77, 0, tcp_info(78, [10, 0, 0, 77], 9901)),
+        presence_bytes(77, 0, tcp_info(77, [10, 0, 0, 77], 0)),
+    ] {
+        let out = h.mcast(&bytes, src(77));
+        assert!(out.is_empty(), "{out:?}");
+    }
+    // Garbage: counted as malformed, never answered.
+    let good = presence_bytes(77, 0, tcp_info(77, [10, 0, 0, 77], 9901));
+    let mut garbage: Vec<Vec<u8>> = vec![vec![], vec![1], vec![0xff; 64]];
+    garbage.push(good[..good.len() - 3].to_vec()); // truncated
+    let mut wrong_len = good.clone();
+    wrong_len[3] = wrong_len[3].wrapping_add(8);
+    garbage.push(wrong_len);
+    let mut asap = good.clone();
+    asap[0] = 0x0b; // no such ENRP type
+    garbage.push(asap);
+    for g in &garbage {
+        assert!(h.mcast(g, src(77)).is_empty());
+    }
+    let e = h.r.enrp_stats();
+    assert!(h.r.peers().is_empty(), "{:?}", h.r.peers());
+    assert_eq!(e.peers_discovered, 0);
+    assert_eq!(e.multicast_malformed - before.multicast_malformed, 6);
+    assert_eq!(e.multicast_ignored - before.multicast_ignored, 7);
+    // The 3 presences of 77 counted as received, then dropped.
+    assert_eq!(e.multicast_received, 3);
+    assert_eq!(e.sent, 0);
+    h.r.check_consistency().unwrap();
+
+    // A registrar without the switch takes nothing from a group.
+    let mut off = H::new(ME);
+    assert!(off.mcast(&good, src(77)).is_empty());
+    assert!(off.r.peers().is_empty());
+    assert_eq!(off.r.enrp_stats().multicast_ignored, 1);
+}
+
+#[test]
+fn multicast_floods_and_strangers_are_bounded() {
+    let mut h = mcast_core(RegistrarConfig {
+        multicast_rate: rserpool::registrar::RateLimit {
+            per_sec: 1,
+            burst: 3,
+        },
+        max_peers: 2,
+        ..fast(vec![])
+    });
+    let mut dials = 0;
+    for id in 1..=5u32 {
+        let b = presence_bytes(id, 0, tcp_info(id, [10, 0, 0, id as u8], 9901));
+        dials += h
+            .mcast(&b, src(id as u8))
+            .iter()
+            .filter(|o| matches!(o, Output::Connect { .. }))
+            .count();
+    }
+    let e = h.r.enrp_stats();
+    // Three datagrams through the bucket, two of them new peers (the limit).
+    assert_eq!(e.multicast_rate_limited, 2);
+    assert_eq!((dials, e.peers_discovered), (2, 2));
+    assert_eq!(h.r.peers().len(), 2);
+    // A second later the bucket has one more token; the peer list is full.
+    h.now = Time::from_secs(1);
+    let b = presence_bytes(9, 0, tcp_info(9, [10, 0, 0, 9], 9901));
+    assert!(h.mcast(&b, src(9)).is_empty());
+    assert_eq!(h.r.enrp_stats().multicast_rate_limited, 2);
+    assert_eq!(h.r.peers().len(), 2);
+}
+
+#[test]
+fn multicast_gives_an_address_to_a_peer_known_without_one() {
+    let mut h = mcast_core(fast(vec![]));
+    // Peer 50 tells us about a PE owned by 88, a server we never heard.
+    h.connect(1);
+    h.presence(1, 50, 0xffff);
+    let m = EnrpMessage {
+        sender: 50,
+        receiver: 0,
+        body: EnrpBody::HandleUpdate {
+            takeover_suggested: false,
+            action: UpdateAction::ADD_PE,
+            pool_handle: "P".into(),
+            pe: pe(5, 88),
+        },
+    };
+    h.r.handle_message(ConnId(1), PPID_ENRP, &m.to_bytes(), h.now);
+    h.drain();
+    let owner = h.r.peers().into_iter().find(|p| p.id == 88).unwrap();
+    assert_eq!((owner.addr, owner.conn), (None, None));
+    // Its presence on the group says where it is: dialled at once.
+    let out = h.mcast(
+        &presence_bytes(88, 0, tcp_info(88, [10, 0, 0, 88], 9901)),
+        src(88),
+    );
+    assert!(
+        matches!(&out[..], [Output::Connect { addr, .. }] if *addr == "10.0.0.88:9901".parse().unwrap()),
+        "{out:?}"
+    );
+    let owner = h.r.peers().into_iter().find(|p| p.id == 88).unwrap();
+    assert_eq!(owner.addr, Some("10.0.0.88:9901".parse().unwrap()));
+    assert_eq!(h.r.enrp_stats().peers_discovered, 0);
+    // A known, connected peer's presence changes nothing (unicast decides).
+    let out = h.mcast(
+        &presence_bytes(50, 0, tcp_info(50, [10, 0, 0, 66], 9901)),
+        src(66),
+    );
+    assert!(out.is_empty(), "{out:?}");
+}
+
+mod multicast_prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any datagrams: no panic, every output is a well-formed ENRP
+        /// message or a dial, the core stays consistent.
+        #[test]
+        fn arbitrary_datagrams_never_panic(
+            grams in proptest::collection::vec(
+                (proptest::collection::vec(any::<u8>(), 0..80), any::<bool>(), 0u64..2_000_000),
+                1..40)
+        ) {
+            let mut h = mcast_core(fast(vec![]));
+            for (mut bytes, fix, dt) in grams {
+                if fix && bytes.len() >= 12 {
+                    // A plausible ENRP header half the time.
+                    let n = u16::try_from(bytes.len()).unwrap();
+                    bytes[2..4].copy_from_slice(&n.to_be_bytes());
+                    bytes[0] %= 0x0c;
+                }
+                h.now = h.now + Duration::from_micros(dt);
+                let mut out = h.mcast(&bytes, src(9));
+                h.r.handle_timeout(h.now);
+                out.extend(h.drain());
+                for o in out {
+                    match o {
+                        Output::Send { ppid, msg, .. } => {
+                            prop_assert_eq!(ppid, PPID_ENRP);
+                            EnrpMessage::decode(&msg).expect("decodes");
+                        }
+                        Output::EnrpMulticast { msg } => {
+                            EnrpMessage::decode(&msg).expect("decodes");
+                        }
+                        Output::Connect { .. } | Output::Close { .. } => {}
+                        Output::Announce { .. } => prop_assert!(false, "announce"),
+                    }
+                }
+                h.r.check_consistency().map_err(TestCaseError::fail)?;
+            }
+        }
+    }
+}
+
+// ------------------------------------------------- RSPLIB interop (SCTP VM)
+
+#[test]
+fn sctp_peers_are_dialled_from_our_enrp_endpoint() {
+    // RSPLIB's rspregistrar keeps a presence only if the ENRP port in its
+    // Server Information is the port the association comes from (it filters
+    // the announced addresses by the association's, ports included); other
+    // presences are dropped, and the sender stays unknown, so its handle
+    // table requests are answered R=1. So SCTP peers are dialled from our
+    // ENRP endpoint, every address of it.
+    let rsplib: SocketAddr = "10.77.0.3:9901".parse().unwrap();
+    let tcp_peer: SocketAddr = "10.77.0.4:9901".parse().unwrap();
+    let ours = [
+        IpAddr::V4(Ipv4Addr::new(10, 77, 0, 1)),
+        IpAddr::V4(Ipv4Addr::new(10, 77, 0, 2)),
+    ];
+    let mut cfg = fast(vec![rsplib, tcp_peer]);
+    cfg.sctp_peers = vec![rsplib];
+    cfg.enrp_transport = Some(Transport::Sctp {
+        port: 9901,
+        transport_use: 0,
+        addrs: ours.to_vec(),
+    });
+    let mut r = Registrar::new(cfg, ME, 1, Time::ZERO);
+    r.handle_timeout(Time::ZERO);
+    let out: Vec<Output> = std::iter::from_fn(|| r.poll_output()).collect();
+    let [Output::Connect {
+        conn,
+        addr,
+        kind: ConnKind::Sctp,
+        local,
+    }] = &out[..]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(*addr, rsplib);
+    let want: Vec<SocketAddr> = ours.iter().map(|ip| SocketAddr::new(*ip, 9901)).collect();
+    assert_eq!(*local, want);
+    // On the association, our presence names the association's own port.
+    let conn = *conn;
+    r.handle_connected(
+        conn,
+        ConnInfo {
+            kind: ConnKind::Sctp,
+            remote: vec![rsplib],
+            local: want[0],
+        },
+        Time::from_millis(1),
+    );
+    let sent = enrp_out(std::iter::from_fn(|| r.poll_output()).collect());
+    let si = sent
+        .iter()
+        .find_map(|(c, m)| match &m.body {
+            EnrpBody::Presence {
+                server_info: Some(si),
+                ..
+            } if *c == conn => Some(si.clone()),
+            _ => None,
+        })
+        .expect("presence on the new association");
+    assert_eq!(si.transport.port(), Some(9901));
+    assert_eq!(si.transport.addrs(), ours.to_vec());
+    // The mentor goes away: the backup, a TCP peer (the TCP mapping), is
+    // dialled as before, unbound.
+    r.handle_closed(conn, Time::from_millis(2));
+    let out: Vec<Output> = std::iter::from_fn(|| r.poll_output()).collect();
+    assert!(
+        matches!(&out[..], [Output::Connect { addr, kind: ConnKind::Tcp, local, .. }]
+            if *addr == tcp_peer && local.is_empty()),
+        "{out:?}"
+    );
+}
+
+/// Bytes from a capture of Debian's rspregistrar 3.4 (the SCTP VM suite):
+/// rspregistrar 0x7e570004 takes over our peer 0x5eed0001, with us,
+/// 0x5eed0003, as the only other peer.
+mod rsplib_bytes {
+    /// ENRP_INIT_TAKEOVER of 0x5eed0001, sent point-to-point (receiver id set).
+    pub const INIT_TAKEOVER: &str = "070000107e5700045eed00035eed0001";
+    /// Its presence before the takeover: own-PE checksum 0xffff, Server
+    /// Information SCTP 10.77.0.3:9901.
+    pub const PRESENCE_EMPTY: &str =
+        "0100002c7e5700045eed0003000f0006ffff0000000b00187e5700040004001026ad0000000100080a4d0003";
+    /// Its presence after: checksum 0xf17c, the two PEs it took over.
+    pub const PRESENCE_AFTER: &str =
+        "0100002c7e5700045eed0003000f0006f17c0000000b00187e5700040004001026ad0000000100080a4d0003";
+    /// Its answer to our W=1 handle table request after the takeover:
+    /// EchoPool/0x2daeaed0 and RspPool/0x595eccc3, home 0x7e570004,
+    /// Registration Life 90000 (ms), SCTP user transports with Transport Use
+    /// 1, RR policy, SCTP ASAP transports with five addresses.
+    pub const TABLE_AFTER: &str = concat!(
+        "030000d47e5700045eed00030009000c4563686f506f6f6c000a00582daeaed07e570004",
+        "00015f9000040010e0520001000100080a4d0001000800080000000100040030ace50000",
+        "000100080a4d0001000100080a4d0002000100080a4d0003000100080a4d000400010008",
+        "0a4d00050009000b527370506f6f6c00000a0058595eccc37e57000400015f9000040010",
+        "8af80001000100080a4d0005000800080000000100040030947f0000000100080a4d0001",
+        "000100080a4d0002000100080a4d0003000100080a4d0004000100080a4d0005"
+    );
+    /// Its INIT_TAKEOVER_ACK, the form ours must have too.
+    pub const ACK_FROM_US: &str = "080000105eed00037e5700045eed0001";
+
+    pub fn bytes(hex: &str) -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
+    }
+}
+
+/// We are 0x5eed0003 with peers 0x5eed0001 (R1, owns RSPLIB's two PEs as
+/// in the capture, then goes silent) and rspregistrar 0x7e570004, which
+/// starts its takeover of R1; we ack it.
+fn rsplib_takes_over_r1() -> (H, Vec<(PoolHandle, PoolElement)>) {
+    use rsplib_bytes::*;
+    const R1: u32 = 0x5eed_0001;
+    let mut h = H::new(0x5eed_0003);
+    h.connect(1);
+    h.connect(2);
+    h.presence(1, R1, 0xffff);
+    let raw = |h: &mut H, c: u64, hex: &str| {
+        h.r.handle_message(ConnId(c), PPID_ENRP, &bytes(hex), h.now);
+        h.drain()
+    };
+    raw(&mut h, 2, PRESENCE_EMPTY);
+    // R1 owns the PEs the capture shows (before rspregistrar took them).
+    let EnrpBody::HandleTableResponse { pools, .. } =
+        EnrpMessage::decode(&bytes(TABLE_AFTER)).unwrap().msg.body
+    else {
+        panic!()
+    };
+    let pes: Vec<(PoolHandle, PoolElement)> = pools
+        .into_iter()
+        .flat_map(|(ph, v)| v.into_iter().map(move |pe| (ph.clone(), pe)))
+        .collect();
+    for (ph, pe) in &pes {
+        h.enrp(
+            1,
+            R1,
+            EnrpBody::HandleUpdate {
+                takeover_suggested: false,
+                action: UpdateAction::ADD_PE,
+                pool_handle: ph.clone(),
+                pe: PoolElement {
+                    home: R1,
+                    ..pe.clone()
+                },
+            },
+        );
+    }
+    assert_eq!(h.r.pe_count(), 2);
+    // RSPLIB's INIT_TAKEOVER (receiver id ours, not 0): acked, in RSPLIB's
+    // own byte layout.
+    let out = raw(&mut h, 2, INIT_TAKEOVER);
+    let acks: Vec<&Vec<u8>> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send { conn, ppid, msg } if *conn == ConnId(2) && *ppid == PPID_ENRP => {
+                Some(msg)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, vec![&bytes(ACK_FROM_US)], "{out:?}");
+    (h, pes)
+}
+
+#[test]
+fn rsplib_takeover_without_takeover_server_is_followed_not_repeated() {
+    use rsplib_bytes::*;
+    // RSPLIB never delivers TAKEOVER_SERVER (it sends it without a
+    // destination); we learn of its win from its next presence: the
+    // checksum now covers the PEs, our audit fetches them with their new
+    // home, and when our takeover timer runs out the target owns nothing:
+    // it is dropped as taken over by rspregistrar, and no takeover of our
+    // own starts (it would dial the PEs with H=1 and pull them away).
+    let (mut h, pes) = rsplib_takes_over_r1();
+    h.now = Time::from_millis(500);
+    h.r.handle_message(ConnId(2), PPID_ENRP, &bytes(PRESENCE_AFTER), h.now);
+    let out = enrp_out(h.drain());
+    assert!(
+        out.iter().any(|(c, m)| *c == ConnId(2)
+            && m.receiver == 0x7e57_0004
+            && matches!(
+                m.body,
+                EnrpBody::HandleTableRequest {
+                    own_children_only: true
+                }
+            )),
+        "{out:?}"
+    );
+    h.r.handle_message(ConnId(2), PPID_ENRP, &bytes(TABLE_AFTER), h.now);
+    h.drain();
+    for (ph, pe) in &pes {
+        assert_eq!(h.r.pool_element(ph, pe.id).unwrap().home, 0x7e57_0004);
+    }
+    // Past the takeover timeout (2 s here), rspregistrar still talking.
+    let mut sent = Vec::new();
+    for t in [1000, 1500, 2000, 2500, 3000] {
+        sent.extend(h.run_until(Time::from_millis(t)));
+        h.r.handle_message(ConnId(2), PPID_ENRP, &bytes(PRESENCE_AFTER), h.now);
+        sent.extend(enrp_out(h.drain()));
+    }
+    assert!(
+        !sent.iter().any(|(_, m)| matches!(
+            m.body,
+            EnrpBody::InitTakeover { .. } | EnrpBody::TakeoverServer { .. }
+        )),
+        "{sent:?}"
+    );
+    let r1 =
+        h.r.peers()
+            .into_iter()
+            .find(|p| p.id == 0x5eed_0001)
+            .unwrap();
+    assert_eq!(r1.state, PeerState::TakenOver);
+    assert_eq!(r1.taken_over_by, Some(0x7e57_0004));
+    assert_eq!(h.r.enrp_stats().takeovers_started, 0);
+    for (ph, pe) in &pes {
+        assert_eq!(h.r.pool_element(ph, pe.id).unwrap().home, 0x7e57_0004);
+    }
+    h.r.check_consistency().unwrap();
+}
+
+#[test]
+fn acked_takeover_that_never_shows_is_taken_over_by_us() {
+    // The same, but rspregistrar never announces the PEs (it died, or its
+    // takeover expired for want of acks): after the takeover timeout the
+    // PEs are still with the dead server, so we take over ourselves.
+    let (mut h, pes) = rsplib_takes_over_r1();
+    let mut sent = Vec::new();
+    for t in [500, 1000, 1500, 2000, 2500] {
+        sent.extend(h.run_until(Time::from_millis(t)));
+        h.presence(2, 0x7e57_0004, 0xffff);
+    }
+    assert!(
+        sent.iter().any(|(_, m)| matches!(
+            m.body,
+            EnrpBody::InitTakeover {
+                target: 0x5eed_0001
+            }
+        )),
+        "{sent:?}"
+    );
+    // rspregistrar acks (the target is unknown to it by now): ours.
+    h.enrp(
+        2,
+        0x7e57_0004,
+        EnrpBody::InitTakeoverAck {
+            target: 0x5eed_0001,
+        },
+    );
+    for (ph, pe) in &pes {
+        assert_eq!(h.r.pool_element(ph, pe.id).unwrap().home, 0x5eed_0003);
+    }
+    h.r.check_consistency().unwrap();
 }

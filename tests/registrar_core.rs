@@ -1561,6 +1561,9 @@ mod prop {
             Output::Announce { msg } => {
                 AsapMessage::decode(msg).expect("announce decodes");
             }
+            Output::EnrpMulticast { msg } => {
+                EnrpMessage::decode(msg).expect("ENRP multicast decodes");
+            }
             Output::Close { .. } | Output::Connect { .. } => {}
         }
     }

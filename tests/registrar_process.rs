@@ -508,6 +508,9 @@ fn help_mentions_every_flag() {
         "--seed",
         "--announce",
         "--announce-ttl",
+        "--enrp-multicast",
+        "--enrp-multicast-if",
+        "--enrp-multicast-ttl",
         "--reglife-unit",
         "--default-items",
         "--max-items",
@@ -549,6 +552,25 @@ fn bad_urls_and_sctp_without_kernel_support_exit_1() {
         vec!["registrar", "--asap", "tcp://127.0.0.1"],
         vec!["registrar", "--asap", "tcp://127.0.0.1:99999"],
         vec!["registrar", "--announce", "nonsense"],
+        // ENRP multicast: refused while parsing, before any socket exists.
+        vec!["registrar", "--enrp-multicast", "nonsense"],
+        vec!["registrar", "--enrp-multicast", "127.0.0.1:9901"],
+        vec!["registrar", "--enrp-multicast", "239.255.1.1:0"],
+        vec!["registrar", "--enrp-multicast-if", "127.0.0.1"],
+        vec![
+            "registrar",
+            "--enrp-multicast",
+            "239.255.1.1:9901",
+            "--enrp-multicast-if",
+            "no-such-if0",
+        ],
+        vec![
+            "registrar",
+            "--enrp-multicast",
+            "[ff15::1]:9901",
+            "--enrp-multicast-if",
+            "127.0.0.1",
+        ],
     ] {
         let (code, _, err) = cli(&args);
         assert_eq!(code, 1, "{args:?}");

@@ -1,7 +1,8 @@
 //! The SCTP suite in a VM: `scripts/sctp-vm` boots a kernel with SCTP and runs
 //! `tests/interop/run.sh` inside, which runs this crate's SCTP tests for real
-//! and checks interoperability with RSPLIB (rspserver, rspterminal) and the
-//! wire format with tshark. Slow (minutes), needs root and the Debian archive,
+//! and checks interoperability with RSPLIB (rspserver, rspterminal, and
+//! rspregistrar over ENRP, takeovers both ways) and the wire format with
+//! tshark. Slow (minutes), needs root and the Debian archive,
 //! so it runs only with RSERPOOL_SCTP_VM=1 (.ci/run sets it). The capture the
 //! suite leaves in target/interop/cap.pcap is checked with tshark on the host.
 
@@ -54,6 +55,7 @@ fn sctp_suite_in_a_vm() {
             "sctp_registrar-",
             "register_and_resolve_over_multihomed_sctp",
         ),
+        ("session_runtime-", "sctp_echo_and_failover"),
     ] {
         match test_binary(&deps, prefix, marker) {
             Some(p) => tests.push(p.display().to_string()),
@@ -85,6 +87,9 @@ fn sctp_suite_in_a_vm() {
     let checked = Command::new("bash")
         .current_dir(root)
         .args(["tests/interop/check-capture.sh", "target/interop/cap.pcap"])
+        // Every ENRP message type but ENRP_ERROR (10): the suite runs the
+        // start-up, audit, update and both takeovers with rspregistrar.
+        .args(["1", "2", "3", "4", "5", "6", "7", "8", "9"])
         .status()
         .expect("run tests/interop/check-capture.sh");
     eprintln!(

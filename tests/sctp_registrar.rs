@@ -77,6 +77,9 @@ fn register_and_resolve_over_multihomed_sctp() {
         EndpointUrl::parse("tcp://127.0.0.1:0").unwrap(),
     ];
     o.server_id = Some(0x5c7b_0001);
+    // This PE never answers keep-alives: without this it is removed after
+    // ~10 s, which an emulated VM under load reaches before the dump below.
+    o.registrar.keep_alive_interval = Duration::ZERO;
     let reg = RegistrarHandle::start(o).unwrap();
     let addrs = reg.local_addrs().to_vec();
     assert_eq!(addrs.len(), 3, "{addrs:?}");
@@ -293,4 +296,62 @@ fn enrp_between_registrars_over_sctp() {
     }
     let peers = b.peers().unwrap();
     assert!(peers.iter().any(|p| p.id == a.server_id()), "{peers:?}");
+}
+
+#[test]
+fn sctp_enrp_peer_association_starts_from_the_enrp_port() {
+    if no_sctp() {
+        return;
+    }
+    // A peer the way RSPLIB's rspregistrar sees one: it keeps a presence
+    // only if the ENRP port in its Server Information is the port the
+    // association comes from. Here a plain SCTP listener poses as that peer.
+    use rserpool::runtime::sctp::SctpSocket;
+    use rserpool::wire::{EnrpBody, EnrpMessage};
+    let peer =
+        SctpSocket::listen_on(&["127.0.0.1:0".parse().unwrap()], &Default::default()).unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let mut o = RegistrarOptions::default();
+    o.runtime.listen = vec![EndpointUrl::parse("sctp://127.0.0.1:0").unwrap()];
+    o.enrp = vec![EndpointUrl::parse("sctp://127.0.0.1:0").unwrap()];
+    o.registrar = rserpool::registrar::RegistrarConfig::rsplib_profile();
+    o.registrar.peers = vec![peer_addr];
+    o.registrar.sctp_peers = vec![peer_addr];
+    o.server_id = Some(0x5c7b_0e01);
+    let reg = RegistrarHandle::start(o).unwrap();
+    let enrp = reg.enrp_addrs()[0].1;
+    let deadline = std::time::Instant::now() + T;
+    let sock = loop {
+        match peer.accept() {
+            Ok(s) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the registrar never dialled"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(sock.peer_addr().unwrap(), enrp, "the association's source");
+    let mut c = SctpClient::from_socket(sock);
+    let presence = loop {
+        let m = c.recv_enrp(T).expect("ENRP from the registrar");
+        if let EnrpMessage {
+            body:
+                EnrpBody::Presence {
+                    server_info: Some(si),
+                    ..
+                },
+            ..
+        } = m
+        {
+            break si;
+        }
+    };
+    assert_eq!(presence.server_id, 0x5c7b_0e01);
+    assert_eq!(presence.transport.port(), Some(enrp.port()));
+    assert_eq!(presence.transport.addrs(), vec![enrp.ip()]);
+    assert!(matches!(presence.transport, Transport::Sctp { .. }));
 }

@@ -237,7 +237,7 @@ impl Net {
                     Event::Data { bytes, .. } => {
                         self.echoes.push(String::from_utf8(bytes).unwrap());
                     }
-                    Event::Failover { from, to } => {
+                    Event::Failover { from, to, .. } => {
                         self.cookie_at_failover
                             .push(self.pu.cookie().map(|c| c.to_vec()));
                         if self.resume {
@@ -320,7 +320,9 @@ impl Net {
                 };
                 progressed = true;
                 match o {
-                    PeOutput::Send { conn, ppid, bytes } => {
+                    PeOutput::Send {
+                        conn, ppid, bytes, ..
+                    } => {
                         if self.conn_open(conn) {
                             self.later(Ev::ToPu { conn, ppid, bytes });
                         }
@@ -347,9 +349,10 @@ impl Net {
                 let log = node.log.entry(conn).or_default();
                 match e {
                     PeEvent::CookieEcho(c) => {
-                        log.push(format!("E:{}", String::from_utf8_lossy(&c)))
+                        log.push(format!("E:{}", String::from_utf8_lossy(&c)));
+                        node.acceptor.session(conn).unwrap().ack();
                     }
-                    PeEvent::Data { ppid, bytes } => {
+                    PeEvent::Data { ppid, bytes, .. } => {
                         let text = String::from_utf8(bytes.clone()).unwrap();
                         log.push(text.clone());
                         let s = node.acceptor.session(conn).unwrap();
@@ -358,7 +361,9 @@ impl Net {
                             s.send_cookie(format!("c-{text}").as_bytes()).unwrap();
                         }
                     }
-                    PeEvent::BusinessCard { .. } => {}
+                    PeEvent::BusinessCard { .. } => {
+                        node.acceptor.session(conn).unwrap().ack();
+                    }
                 }
             }
             if !progressed {
@@ -381,12 +386,12 @@ impl Net {
                 };
                 let node = self.pes.get_mut(&pe).unwrap();
                 node.pending_tags.entry(conn).or_default().push(tag);
-                node.acceptor.handle_data(conn, ppid, &bytes);
+                node.acceptor.handle_data(conn, 0, ppid, &bytes);
                 self.drive_pe(pe);
             }
             Ev::ToPu { conn, ppid, bytes } => {
                 if self.conn_open(conn) {
-                    self.pu.handle_data(conn, ppid, &bytes, self.now);
+                    self.pu.handle_data(conn, 0, ppid, &bytes, self.now);
                 }
             }
             Ev::AckToPu { conn, tag } => {
@@ -509,7 +514,12 @@ fn cookie_latest_kept_and_echoed_first_after_failover() {
     net.send("m5").unwrap();
     net.run_ms(100);
     assert_eq!(net.pu.state(), State::Up);
-    assert!(net.events.contains(&Event::Failover { from: 1, to: 2 }));
+    // m5 went into the dead connection: re-sent.
+    assert!(net.events.contains(&Event::Failover {
+        from: 1,
+        to: 2,
+        resent: vec![5]
+    }));
     assert_eq!(net.log(2), s(&["E:c-m4", "m5"]));
     // The cookie echo is the first DATA chunk on the new connection.
     let conn2 = net.pu.current_conn().unwrap();
@@ -552,6 +562,11 @@ fn failover_callback_messages_go_before_retransmissions() {
     assert_eq!(net.log(2), s(&["E:c-m0", "r1-2", "m1", "m2", "m3", "m4"]));
     assert_eq!(net.pu.stats().resent, 4);
     assert_eq!(net.pu.unacked(), 0);
+    assert!(net.events.contains(&Event::Failover {
+        from: 1,
+        to: 2,
+        resent: vec![1, 2, 3, 4]
+    }));
     // The event came after the connection was up and before any data on it.
     let conn2 = net.pu.current_conn().unwrap();
     let idx_connect = net
@@ -578,7 +593,11 @@ fn business_card_order_preferred_over_policy() {
     // The card's PE 3 was taken without asking the client (policy says 2).
     assert_eq!(net.connects(), vec![1, 3]);
     assert_eq!(net.need_server, 1);
-    assert!(net.events.contains(&Event::Failover { from: 1, to: 3 }));
+    assert!(net.events.contains(&Event::Failover {
+        from: 1,
+        to: 3,
+        resent: vec![]
+    }));
     // A dead PE on the card: skipped to the next one on it.
     let mut net = Net::new(3, SessionConfig::default());
     net.pes.get_mut(&1).unwrap().card = Some(vec![3, 2]);
@@ -617,7 +636,11 @@ fn no_automatic_failover_waits_for_the_application() {
     net.pu.failover_now(net.now).unwrap();
     net.drive_pu();
     net.run_ms(100);
-    assert!(net.events.contains(&Event::Failover { from: 1, to: 2 }));
+    assert!(net.events.contains(&Event::Failover {
+        from: 1,
+        to: 2,
+        resent: vec![]
+    }));
     assert_eq!(net.log(2), s(&["m1"]));
     assert_eq!(
         net.pu.failover_now(net.now),
@@ -813,8 +836,11 @@ fn without_acks_nothing_is_resent() {
     net.kill(1);
     // Into the dead connection: gone for good without acks.
     net.send("m1").unwrap();
-    assert_eq!(net.pu.buffered(), 0);
+    // Not kept, but it counts toward the bounds until the transport
+    // acknowledges it or the connection fails.
+    assert_eq!(net.pu.buffered(), 1);
     net.run_ms(100);
+    assert_eq!(net.pu.buffered(), 0);
     net.send("m2").unwrap();
     net.run_ms(100);
     assert_eq!(net.log(1), s(&["m0"]));
@@ -923,13 +949,13 @@ fn pe_session_control_channel() {
     let mut pe = PeSession::new(conn);
     let mut echo = Vec::new();
     AsapMessage::CookieEcho(b"state".to_vec()).encode(&mut echo);
-    pe.handle_data(PPID_ASAP, &echo);
-    pe.handle_data(PPID_APP, b"hello");
+    pe.handle_data(0, PPID_ASAP, &echo);
+    pe.handle_data(0, PPID_APP, b"hello");
     // Garbage and unexpected control messages are consumed and acknowledged.
-    pe.handle_data(PPID_ASAP, &[0xff, 0, 0]);
+    pe.handle_data(0, PPID_ASAP, &[0xff, 0, 0]);
     let mut cookie = Vec::new();
     AsapMessage::Cookie(b"x".to_vec()).encode(&mut cookie);
-    pe.handle_data(PPID_ASAP, &cookie);
+    pe.handle_data(0, PPID_ASAP, &cookie);
     assert_eq!(pe.stats().malformed_control, 1);
     assert_eq!(pe.stats().ignored_control, 1);
     assert_eq!(pe.stats().delivered, 2);
@@ -941,10 +967,15 @@ fn pe_session_control_channel() {
         pe.poll_event(),
         Some(PeEvent::Data {
             ppid: PPID_APP,
-            bytes: b"hello".to_vec()
+            bytes: b"hello".to_vec(),
+            stream: 0,
         })
     );
     assert_eq!(pe.poll_event(), None);
+    // Handed out, but the application has not come back yet.
+    assert_eq!(pe.stats().delivered, 2);
+    assert_eq!(pe.unacked(), 2);
+    assert_eq!(pe.ack(), 2);
     assert_eq!(pe.stats().delivered, 4, "one ACK per delivered DATA chunk");
     let acks = std::iter::from_fn(|| pe.poll_output())
         .filter(|o| *o == PeOutput::Ack { conn })
@@ -965,8 +996,8 @@ fn pe_session_control_channel() {
     }
     // Data before the cookie echo: surfaced, counted as late.
     let mut pe = PeSession::new(conn);
-    pe.handle_data(PPID_APP, b"d");
-    pe.handle_data(PPID_ASAP, &echo);
+    pe.handle_data(0, PPID_APP, b"d");
+    pe.handle_data(0, PPID_ASAP, &echo);
     assert_eq!(pe.stats().late_cookie_echoes, 1);
 }
 
@@ -979,7 +1010,7 @@ fn hostile_input_never_panics() {
     for _ in 0..2000 {
         let len = rng.below(40) as usize;
         let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-        net.pu.handle_data(conn, PPID_ASAP, &bytes, net.now);
+        net.pu.handle_data(conn, 0, PPID_ASAP, &bytes, net.now);
         net.pu.handle_ack(conn, Some(rng.next() as u32), net.now);
         net.pu.handle_ack(ConnId(rng.below(5)), None, net.now);
         net.pu.handle_closed(ConnId(100 + rng.below(5)), net.now);
@@ -996,7 +1027,7 @@ fn hostile_input_never_panics() {
         elements: vec![pe_param(5)],
     }
     .encode(&mut card);
-    net.pu.handle_data(conn, PPID_ASAP, &card, net.now);
+    net.pu.handle_data(conn, 0, PPID_ASAP, &card, net.now);
     assert_eq!(net.pu.business_card().unwrap().1[0].id, 5);
 }
 
@@ -1091,7 +1122,171 @@ fn glue_with_the_asap_client() {
         session.poll_event(),
         Some(Event::Failover {
             from: first,
-            to: second
+            to: second,
+            resent: vec![]
         })
     );
+}
+
+#[test]
+fn switch_to_a_chosen_pe_resends_the_unacknowledged() {
+    let mut net = Net::new(3, SessionConfig::default());
+    for i in 0..3 {
+        net.send(&format!("m{i}")).unwrap();
+    }
+    net.run_ms(50);
+    // m3 is out but not acknowledged when the application switches to PE 3.
+    net.send("m3").unwrap();
+    net.pu.switch_to(pe_param(3), net.now).unwrap();
+    net.drive_pu();
+    net.send("m4").unwrap();
+    net.run_ms(50);
+    assert_eq!(net.log(1), s(&["m0", "m1", "m2"]));
+    assert_eq!(net.log(3), s(&["m3", "m4"]));
+    assert_eq!(net.connects(), vec![1, 3]);
+    assert!(net.reported.is_empty(), "a switch reports nobody");
+    assert!(net.events.contains(&Event::Failover {
+        from: 1,
+        to: 3,
+        resent: vec![3]
+    }));
+    // Switching to the current PE changes nothing.
+    net.pu.switch_to(pe_param(3), net.now).unwrap();
+    net.drive_pu();
+    assert_eq!(net.connects(), vec![1, 3]);
+    net.pu.close();
+    assert_eq!(
+        net.pu.switch_to(pe_param(2), net.now),
+        Err(SessionError::InvalidState)
+    );
+}
+
+#[test]
+fn direct_session_without_a_pool_ends_with_its_pe() {
+    let mut pu = Session::open_direct(None, pe_param(4), SessionConfig::default(), Time::ZERO);
+    assert_eq!(pu.pool(), None);
+    let conn = match pu.poll_output() {
+        Some(Output::Connect { conn, pe, .. }) => {
+            assert_eq!(pe.id, 4);
+            conn
+        }
+        o => panic!("{o:?}"),
+    };
+    pu.handle_connected(conn, Time::ZERO);
+    assert_eq!(pu.poll_output(), None);
+    assert_eq!(pu.poll_event(), Some(Event::Connected { pe: 4 }));
+    pu.send(b"x", PPID_APP, SendOptions::default()).unwrap();
+    assert!(matches!(pu.poll_output(), Some(Output::Send { .. })));
+    pu.handle_closed(conn, Time::ZERO);
+    // Nobody to report to and nothing to fail over to.
+    assert_eq!(pu.poll_output(), None);
+    assert_eq!(
+        pu.poll_event(),
+        Some(Event::Failed(SessionError::GaveUp { attempts: 0 }))
+    );
+    assert_eq!(pu.state(), State::Closed);
+    assert_eq!(pu.take_unsent(), vec![(0, PPID_APP, b"x".to_vec())]);
+    // With a pool, the session fails over into it.
+    let mut pu = Session::open_direct(
+        Some(pool()),
+        pe_param(4),
+        SessionConfig::default(),
+        Time::ZERO,
+    );
+    let conn = match pu.poll_output() {
+        Some(Output::Connect { conn, .. }) => conn,
+        o => panic!("{o:?}"),
+    };
+    pu.handle_connect_failed(conn, Time::ZERO);
+    assert_eq!(
+        pu.poll_output(),
+        Some(Output::ReportUnreachable {
+            pool: pool(),
+            pe_id: 4
+        })
+    );
+    assert!(matches!(pu.poll_output(), Some(Output::NeedServer { .. })));
+}
+
+#[test]
+fn pe_session_counts_what_the_pool_user_has_not_taken_in() {
+    let conn = ConnId(9);
+    let mut pe = PeSession::new(conn);
+    assert_eq!((pe.in_flight(), pe.in_flight_bytes()), (0, 0));
+    pe.send(b"0123456789", PPID_APP).unwrap(); // TSN 0
+    pe.send_cookie(b"c").unwrap(); // TSN 1, control counts too
+    let cookie_len = pe.in_flight_bytes() - 10;
+    pe.send(b"abc", PPID_APP).unwrap(); // TSN 2
+    assert_eq!(pe.in_flight(), 3);
+    assert_eq!(pe.in_flight_bytes(), 13 + cookie_len);
+    // A cumulative ACK up to TSN 1 takes the first two.
+    pe.handle_ack(Some(1));
+    assert_eq!((pe.in_flight(), pe.in_flight_bytes()), (1, 3));
+    // An ACK for what was already acknowledged changes nothing.
+    pe.handle_ack(Some(0));
+    assert_eq!(pe.stats().unexpected_acks, 1);
+    // Without a TSN (peer's INIT flag T, or SCTP): the oldest one.
+    pe.handle_ack(None);
+    assert_eq!((pe.in_flight(), pe.in_flight_bytes()), (0, 0));
+    pe.handle_ack(None);
+    assert_eq!(pe.stats().unexpected_acks, 2);
+    assert_eq!((pe.stats().sent, pe.stats().acked_by_peer), (3, 3));
+}
+
+#[test]
+fn own_business_card_goes_after_the_cookie_echo_on_every_connection() {
+    let card = (pool(), vec![pe_param(9)]);
+    let mut pu = Session::open(pool(), SessionConfig::default(), Time::ZERO);
+    let need = |pu: &mut Session| match pu.poll_output() {
+        Some(Output::NeedServer { .. }) => {}
+        o => panic!("{o:?}"),
+    };
+    need(&mut pu);
+    pu.handle_server(pe_param(1), Time::ZERO);
+    let c0 = match pu.poll_output() {
+        Some(Output::Connect { conn, .. }) => conn,
+        o => panic!("{o:?}"),
+    };
+    pu.handle_connected(c0, Time::ZERO);
+    assert_eq!(pu.poll_event(), Some(Event::Connected { pe: 1 }));
+    pu.send(b"m0", PPID_APP, SendOptions::default()).unwrap();
+    // Set while connected: goes out at once, after what was already queued.
+    pu.set_business_card(Some(card.clone())).unwrap();
+    let sends: Vec<(u32, u32)> = std::iter::from_fn(|| pu.poll_output())
+        .map(|o| match o {
+            Output::Send { tsn, ppid, .. } => (tsn, ppid),
+            o => panic!("{o:?}"),
+        })
+        .collect();
+    assert_eq!(sends, vec![(0, PPID_ASAP), (1, PPID_APP)]);
+    pu.handle_ack(c0, Some(1), Time::ZERO);
+    let mut cookie = Vec::new();
+    AsapMessage::Cookie(b"k".to_vec()).encode(&mut cookie);
+    pu.handle_data(c0, 0, PPID_ASAP, &cookie, Time::ZERO);
+    pu.handle_closed(c0, Time::ZERO);
+    assert!(matches!(
+        pu.poll_output(),
+        Some(Output::ReportUnreachable { pe_id: 1, .. })
+    ));
+    need(&mut pu);
+    pu.handle_server(pe_param(2), Time::ZERO);
+    let c1 = match pu.poll_output() {
+        Some(Output::Connect { conn, .. }) => conn,
+        o => panic!("{o:?}"),
+    };
+    pu.handle_connected(c1, Time::ZERO);
+    let first: Vec<AsapMessage> = std::iter::from_fn(|| pu.poll_output())
+        .map(|o| match o {
+            Output::Send { ppid, bytes, .. } => {
+                assert_eq!(ppid, PPID_ASAP);
+                AsapMessage::decode(&bytes).unwrap().msg
+            }
+            o => panic!("{o:?}"),
+        })
+        .collect();
+    assert_eq!(first.len(), 2);
+    assert_eq!(first[0], AsapMessage::CookieEcho(b"k".to_vec()));
+    assert!(matches!(&first[1], AsapMessage::BusinessCard { elements, .. } if elements[0].id == 9));
+    pu.close();
+    assert_eq!(pu.set_business_card(None), Err(SendError::Closed));
 }

@@ -3,6 +3,10 @@
  * deregisters on SIGINT or SIGTERM.
  *
  *   pe-echo tcp://127.0.0.1:3863 echo [PORT]
+ *   pe-echo tcp://127.0.0.1:3863,tcp://127.0.0.1:3864 echo
+ *
+ * With several registrars the library hunts among them when its home
+ * registrar fails, and re-registers the PE at the new one.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <rserpool.h>
@@ -23,6 +27,17 @@
 static volatile sig_atomic_t stop = 0;
 static void on_signal(int sig) { (void)sig; stop = 1; }
 
+/* Adds every registrar of a comma-separated list of URLs. */
+static int add_registrars(rserpool_config *cfg, const char *list) {
+    char buf[1024], *save = NULL, *url;
+    int rc = RSERPOOL_ERR_INVALID_ARGUMENT;
+    if (strlen(list) >= sizeof buf) return rc;
+    strcpy(buf, list);
+    for (url = strtok_r(buf, ",", &save); url != NULL; url = strtok_r(NULL, ",", &save))
+        if ((rc = rserpool_config_add_registrar(cfg, url)) != RSERPOOL_OK) return rc;
+    return rc;
+}
+
 static int fail(const char *what, int rc) {
     fprintf(stderr, "pe-echo: %s: %s\n", what, rserpool_strerror(rc));
     return 1;
@@ -41,7 +56,7 @@ int main(int argc, char **argv) {
     struct sigaction sa;
 
     if (argc < 3) {
-        fprintf(stderr, "usage: %s REGISTRAR_URL POOL_HANDLE [PORT]\n", argv[0]);
+        fprintf(stderr, "usage: %s REGISTRAR_URL[,URL...] POOL_HANDLE [PORT]\n", argv[0]);
         return 2;
     }
 
@@ -59,10 +74,12 @@ int main(int argc, char **argv) {
         return 1;
     }
 
-    /* 2. An ASAP endpoint that knows the registrar. */
+    /* 2. An ASAP endpoint that knows the registrars. */
     if ((rc = rserpool_config_new(&cfg)) != RSERPOOL_OK) return fail("config", rc);
-    if ((rc = rserpool_config_add_registrar(cfg, argv[1])) != RSERPOOL_OK)
+    if ((rc = add_registrars(cfg, argv[1])) != RSERPOOL_OK) {
+        rserpool_config_free(cfg);
         return fail(argv[1], rc);
+    }
     rc = rserpool_context_new(cfg, &ctx);
     rserpool_config_free(cfg);
     if (rc != RSERPOOL_OK) return fail("context", rc);

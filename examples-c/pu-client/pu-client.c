@@ -4,6 +4,7 @@
  * one (reporting the failed one) and goes on.
  *
  *   pu-client tcp://127.0.0.1:3863 echo
+ *   pu-client tcp://127.0.0.1:3863,tcp://127.0.0.1:3864 echo
  */
 #define _POSIX_C_SOURCE 200809L
 #include <rserpool.h>
@@ -13,6 +14,17 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+/* Adds every registrar of a comma-separated list of URLs. */
+static int add_registrars(rserpool_config *cfg, const char *list) {
+    char buf[1024], *save = NULL, *url;
+    int rc = RSERPOOL_ERR_INVALID_ARGUMENT;
+    if (strlen(list) >= sizeof buf) return rc;
+    strcpy(buf, list);
+    for (url = strtok_r(buf, ",", &save); url != NULL; url = strtok_r(NULL, ",", &save))
+        if ((rc = rserpool_config_add_registrar(cfg, url)) != RSERPOOL_OK) return rc;
+    return rc;
+}
 
 /* Connects to the first address of `pe` that answers; -1 if none does. */
 static int connect_pe(const rserpool_server_info *pe) {
@@ -46,7 +58,7 @@ int main(int argc, char **argv) {
     int fd = -1, rc, have_pe = 0;
 
     if (argc != 3) {
-        fprintf(stderr, "usage: %s REGISTRAR_URL POOL_HANDLE < lines\n", argv[0]);
+        fprintf(stderr, "usage: %s REGISTRAR_URL[,URL...] POOL_HANDLE < lines\n", argv[0]);
         return 2;
     }
     pool = (const uint8_t *)argv[2];
@@ -55,7 +67,7 @@ int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
 
     if ((rc = rserpool_config_new(&cfg)) != RSERPOOL_OK ||
-        (rc = rserpool_config_add_registrar(cfg, argv[1])) != RSERPOOL_OK ||
+        (rc = add_registrars(cfg, argv[1])) != RSERPOOL_OK ||
         (rc = rserpool_context_new(cfg, &ctx)) != RSERPOOL_OK) {
         fprintf(stderr, "pu-client: %s\n", rserpool_strerror(rc));
         rserpool_config_free(cfg);

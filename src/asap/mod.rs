@@ -984,6 +984,14 @@ impl Client {
         Ok(())
     }
 
+    /// Forget a PE without deregistering it: no message goes out, no event
+    /// follows, re-registration stops. To the registrar this looks like the
+    /// PE's process died: the registration stays until its life runs out or
+    /// unreachability reports remove it. Returns whether the handle was live.
+    pub fn abandon(&mut self, pe: PeHandle) -> bool {
+        self.forget_pe(pe).is_some()
+    }
+
     /// Deregister a PE. [`Event::Deregistered`] or
     /// [`Event::DeregistrationFailed`] follows; either ends the handle.
     pub fn deregister(&mut self, pe: PeHandle, now: Time) -> Result<(), AsapError> {

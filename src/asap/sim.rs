@@ -625,6 +625,8 @@ impl Sim {
                     }
                 }
             }
+            // No ENRP peers here (src/sim has them): the group is empty.
+            registrar::Output::EnrpMulticast { .. } => {}
             registrar::Output::Announce { msg } => {
                 if self.config.deliver_announces {
                     let src = self.registrars[i].addr;

@@ -243,7 +243,7 @@ fn err(e: RserpoolErr) -> c_int {
     e as c_int
 }
 
-fn api_err(e: &api::Error) -> c_int {
+pub(crate) fn api_err(e: &api::Error) -> c_int {
     use api::Error::*;
     err(match e {
         InvalidArgument(_) => RserpoolErr::InvalidArgument,
@@ -255,10 +255,14 @@ fn api_err(e: &api::Error) -> c_int {
         Unsupported(_) => RserpoolErr::NoSctp,
         Os(_) => RserpoolErr::Os,
         Closed => RserpoolErr::Internal,
+        BufferFull => RserpoolErr::WouldBlock,
+        SessionClosed => RserpoolErr::Closed,
+        InvalidState(_) => RserpoolErr::InvalidState,
+        WouldDeadlock => RserpoolErr::WouldDeadlock,
     })
 }
 
-fn result<T>(r: Result<T, api::Error>, ok: impl FnOnce(T)) -> c_int {
+pub(super) fn result<T>(r: Result<T, api::Error>, ok: impl FnOnce(T)) -> c_int {
     match r {
         Ok(v) => {
             ok(v);
@@ -268,21 +272,13 @@ fn result<T>(r: Result<T, api::Error>, ok: impl FnOnce(T)) -> c_int {
     }
 }
 
-macro_rules! nonnull {
-    ($($p:expr),+) => {
-        if $($p.is_null())||+ {
-            return RserpoolErr::NullPointer as c_int;
-        }
-    };
-}
-
 fn config(cfg: *const rserpool_config) -> Result<Arc<Mutex<Config>>, c_int> {
     CONFIGS
         .get(cfg as usize)
         .ok_or(RserpoolErr::InvalidHandle as c_int)
 }
 
-fn context(ctx: *const rserpool_context) -> Result<Arc<Context>, c_int> {
+pub(super) fn context(ctx: *const rserpool_context) -> Result<Arc<Context>, c_int> {
     CONTEXTS
         .get(ctx as usize)
         .ok_or(RserpoolErr::InvalidHandle as c_int)
@@ -292,7 +288,7 @@ fn context(ctx: *const rserpool_context) -> Result<Arc<Context>, c_int> {
 ///
 /// # Safety
 /// `s` must be a valid NUL-terminated string.
-unsafe fn text<'a>(s: *const c_char) -> Result<&'a str, c_int> {
+pub(super) unsafe fn text<'a>(s: *const c_char) -> Result<&'a str, c_int> {
     // SAFETY: the caller promises a NUL-terminated string.
     unsafe { CStr::from_ptr(s) }
         .to_str()
@@ -303,7 +299,7 @@ unsafe fn text<'a>(s: *const c_char) -> Result<&'a str, c_int> {
 ///
 /// # Safety
 /// `p` must point to `len` readable bytes.
-unsafe fn pool<'a>(p: *const u8, len: usize) -> Result<&'a [u8], c_int> {
+pub(super) unsafe fn pool<'a>(p: *const u8, len: usize) -> Result<&'a [u8], c_int> {
     if len == 0 || len > usize::from(u16::MAX) - 4 {
         return Err(RserpoolErr::InvalidArgument as c_int);
     }
@@ -311,7 +307,7 @@ unsafe fn pool<'a>(p: *const u8, len: usize) -> Result<&'a [u8], c_int> {
     Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
-fn policy_from_c(p: &rserpool_policy) -> Result<Policy, c_int> {
+pub(super) fn policy_from_c(p: &rserpool_policy) -> Result<Policy, c_int> {
     Ok(match p.policy_type {
         RSERPOOL_POLICY_ROUND_ROBIN => Policy::RoundRobin,
         RSERPOOL_POLICY_WEIGHTED_ROUND_ROBIN => Policy::WeightedRoundRobin { weight: p.weight },
@@ -533,15 +529,7 @@ pub unsafe extern "C" fn rserpool_config_new(cfg_out: *mut *mut rserpool_config)
 /// the handle must not be used afterwards.
 #[no_mangle]
 pub extern "C" fn rserpool_config_free(cfg: *mut rserpool_config) -> c_int {
-    guard(|| {
-        if cfg.is_null() {
-            return RserpoolErr::Ok as c_int;
-        }
-        match CONFIGS.remove(cfg as usize) {
-            Some(_) => RserpoolErr::Ok as c_int,
-            None => err(RserpoolErr::InvalidHandle),
-        }
-    })
+    guard(|| CONFIGS.free_c(cfg as usize, drop))
 }
 
 /// Runs `f` on the configuration named by `cfg`.
@@ -701,6 +689,36 @@ pub extern "C" fn rserpool_config_set_attempts(
     })
 }
 
+/// Sets the TCP mapping heartbeats of every connection of a context made
+/// from this configuration (to registrars, and sessions' in both
+/// directions): a HEARTBEAT goes out after `interval_ms` without hearing
+/// from the peer (default 30000; 0 = none), and a connection whose peer
+/// left `max_missed` of them in a row unanswered is closed (default 3, at
+/// least 1). For a session that is a failed PE: it fails over, which is
+/// how a PE that hangs without closing its connections (stopped, livelocked,
+/// its host unreachable) is found out.
+///
+/// Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
+/// RSERPOOL_ERR_INVALID_HANDLE or RSERPOOL_ERR_INVALID_ARGUMENT
+/// (`max_missed` 0 or above 100). Thread-safe.
+#[no_mangle]
+pub extern "C" fn rserpool_config_set_heartbeat(
+    cfg: *mut rserpool_config,
+    interval_ms: u32,
+    max_missed: u32,
+) -> c_int {
+    guard(|| {
+        with_config(cfg, |c| {
+            if max_missed == 0 || max_missed > 100 {
+                return Err(err(RserpoolErr::InvalidArgument));
+            }
+            c.heartbeat_interval = Duration::from_millis(u64::from(interval_ms));
+            c.heartbeat_max_missed = max_missed;
+            Ok(())
+        })
+    })
+}
+
 /// Sets the unit of registration lives (`rserpool_pe_params.reg_life`):
 /// RSERPOOL_REGLIFE_SECONDS (RFC 5354, default) or
 /// RSERPOOL_REGLIFE_MILLISECONDS (RSPLIB). Must match the registrar's.
@@ -759,7 +777,9 @@ pub extern "C" fn rserpool_config_set_profile(cfg: *mut rserpool_config, profile
 ///
 /// Threads: every function taking a context may be called from any thread,
 /// concurrently; calls that wait for the registrar block only the calling
-/// thread. No callback is ever made into the application.
+/// thread. The only calls into the application are the session callbacks
+/// (`rserpool_set_data_indication`, `rserpool_set_failover_callback`), on
+/// the context's thread.
 ///
 /// Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER,
 /// RSERPOOL_ERR_INVALID_HANDLE (`cfg`), RSERPOOL_ERR_NO_SCTP (an `sctp://`
@@ -802,21 +822,21 @@ pub unsafe extern "C" fn rserpool_context_new(
 /// when the last one returns); new calls with the handle fail with
 /// RSERPOOL_ERR_INVALID_HANDLE.
 ///
-/// Returns RSERPOOL_OK, or RSERPOOL_ERR_INVALID_HANDLE when `ctx` was already
-/// freed or is not a context. Thread-safe.
+/// Sessions and pool element servers of the context are closed
+/// (RSERPOOL_NOTIFY_CLOSED; RSERPOOL_ERR_CLOSED from then on); their handles
+/// stay valid until `rserpool_session_close` / `rserpool_pe_server_close`.
+///
+/// Returns RSERPOOL_OK, RSERPOOL_ERR_INVALID_HANDLE when `ctx` was already
+/// freed or is not a context, or RSERPOOL_ERR_WOULD_DEADLOCK from inside a
+/// session callback (which runs on a context's thread: nothing is done).
+/// Thread-safe.
 #[no_mangle]
 pub extern "C" fn rserpool_context_free(ctx: *mut rserpool_context) -> c_int {
     guard(|| {
-        if ctx.is_null() {
-            return RserpoolErr::Ok as c_int;
+        if super::session::in_callback() {
+            return err(RserpoolErr::WouldDeadlock);
         }
-        match CONTEXTS.remove(ctx as usize) {
-            Some(c) => {
-                drop(c);
-                RserpoolErr::Ok as c_int
-            }
-            None => err(RserpoolErr::InvalidHandle),
-        }
+        CONTEXTS.free_c(ctx as usize, drop)
     })
 }
 

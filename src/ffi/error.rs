@@ -31,6 +31,10 @@ pub enum RserpoolErr {
     /// No pool element with this identifier in the context (never registered,
     /// already deregistered, or given up by the library).
     UnknownPe = -6,
+    /// A call that waits was made from a callback, on the context's own
+    /// thread, which is the thread that would have to answer it (use the
+    /// non-blocking form there: timeout 0, RSERPOOL_SESSION_NONBLOCK).
+    WouldDeadlock = -7,
     /// The peer answered with an error cause this library does not know.
     ProtocolUnspecified = -100,
     /// Cause 0x1: the peer did not recognize a parameter.
@@ -67,6 +71,9 @@ pub enum RserpoolErr {
     WouldBlock = -205,
     /// Every pool element of the pool has been reported unreachable.
     NoUsableElement = -206,
+    /// The session (or pool element server) is closed: by the application,
+    /// by the peer, or because it gave up; nothing more will come.
+    Closed = -207,
     /// The input is not a well-formed message.
     Malformed = -300,
     /// An internal failure (a bug): please report it.
@@ -102,6 +109,7 @@ impl RserpoolErr {
             InvalidHandle,
             InvalidState,
             UnknownPe,
+            WouldDeadlock,
             ProtocolUnspecified,
             ProtocolUnrecognizedParameter,
             ProtocolUnrecognizedMessage,
@@ -120,6 +128,7 @@ impl RserpoolErr {
             Os,
             WouldBlock,
             NoUsableElement,
+            Closed,
             Malformed,
             Internal,
         ]
@@ -161,6 +170,8 @@ impl RserpoolErr {
             WouldBlock => "operation would block\0",
             UnknownPe => "no such pool element in this context\0",
             NoUsableElement => "every pool element of the pool is unreachable\0",
+            WouldDeadlock => "a waiting call from a callback on the context's thread\0",
+            Closed => "the session is closed\0",
             Malformed => "malformed message\0",
             Internal => "internal error\0",
         }
@@ -203,7 +214,7 @@ mod tests {
             assert!(m.ends_with('\0') && m.len() > 1);
             seen.insert(e as c_int);
         }
-        assert_eq!(seen.len(), 27);
+        assert_eq!(seen.len(), 29);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! slot of a global table, with the slot's generation:
 //!
 //! ```text
-//!   value = generation << (usize bits / 2) | (slot + 1) << 2 | table tag
+//!   value = generation << (usize bits / 2) | (slot + 1) << 3 | table tag
 //! ```
 //!
 //! Freeing a handle empties its slot and bumps the generation, so a freed,
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use parking_lot::{const_mutex, Mutex};
 
 const HALF: u32 = usize::BITS / 2;
-const TAG_BITS: u32 = 2;
+const TAG_BITS: u32 = 3;
 const MAX_SLOTS: usize = (1usize << (HALF - TAG_BITS)) - 2;
 
 struct Slot<T> {
@@ -39,7 +39,7 @@ pub(crate) struct Table<T> {
 }
 
 impl<T> Table<T> {
-    /// An empty table; `tag` (1..=3) tells the kinds of handles apart.
+    /// An empty table; `tag` (1..=7) tells the kinds of handles apart.
     pub(crate) const fn new(tag: usize) -> Self {
         Table {
             tag,
@@ -105,6 +105,24 @@ impl<T> Table<T> {
         }
         s.free.push(index);
         v
+    }
+
+    /// The body of every `rserpool_*_free` / `_stop` / `_close` function:
+    /// NULL is a no-op (`RSERPOOL_OK`), a live handle is removed and its
+    /// object handed to `release` (which may block, e.g. to stop a loop
+    /// thread), anything else is `RSERPOOL_ERR_INVALID_HANDLE`.
+    pub(crate) fn free_c(&self, h: usize, release: impl FnOnce(Arc<T>)) -> std::os::raw::c_int {
+        use super::error::RserpoolErr;
+        if h == 0 {
+            return RserpoolErr::Ok as std::os::raw::c_int;
+        }
+        match self.remove(h) {
+            Some(v) => {
+                release(v);
+                RserpoolErr::Ok as std::os::raw::c_int
+            }
+            None => RserpoolErr::InvalidHandle as std::os::raw::c_int,
+        }
     }
 }
 

@@ -6,12 +6,23 @@
 //! - output parameters are written only on success unless documented otherwise;
 //! - results are `int`: [`RserpoolErr::Ok`] (0) or a negative, stable code.
 
+/// Returns RSERPOOL_ERR_NULL_POINTER from the enclosing function when any of
+/// the pointers is NULL.
+macro_rules! nonnull {
+    ($($p:expr),+) => {
+        if $($p.is_null())||+ {
+            return $crate::ffi::RserpoolErr::NullPointer as std::os::raw::c_int;
+        }
+    };
+}
+
 pub mod client;
 mod decode;
 pub mod error;
 mod guard;
 mod handles;
 pub mod registrar;
+pub mod session;
 mod version;
 
 pub use decode::{RSERPOOL_PPID_ASAP, RSERPOOL_PPID_ENRP};

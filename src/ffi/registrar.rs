@@ -311,16 +311,11 @@ pub unsafe extern "C" fn rserpool_registrar_info(
 #[no_mangle]
 pub extern "C" fn rserpool_registrar_stop(reg: *mut rserpool_registrar) -> c_int {
     guard(|| {
-        if reg.is_null() {
-            return RserpoolErr::Ok as c_int;
-        }
-        let Some(r) = REGISTRARS.remove(reg as usize) else {
-            return RserpoolErr::InvalidHandle as c_int;
-        };
-        let handle = r.lock().take();
-        if let Some(h) = handle {
-            let _ = h.stop();
-        }
-        RserpoolErr::Ok as c_int
+        REGISTRARS.free_c(reg as usize, |r| {
+            let handle = r.lock().take();
+            if let Some(h) = handle {
+                let _ = h.stop();
+            }
+        })
     })
 }

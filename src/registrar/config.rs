@@ -175,6 +175,20 @@ pub struct RegistrarConfig {
     /// Most ENRP peers remembered (a message from yet another unknown server
     /// is answered but the server is not added). Default 256.
     pub max_peers: usize,
+    /// ENRP presence multicast (RFC 5351 §3.1; RFC 5353 leaves it out):
+    /// every PEER-HEARTBEAT-CYCLE, and once at start, an ENRP_PRESENCE with
+    /// our Server Information ([`RegistrarConfig::enrp_transport`]) goes to
+    /// the ENRP multicast group ([`super::Output::EnrpMulticast`]), and a
+    /// presence received from the group ([`super::Registrar::handle_multicast`])
+    /// from an unknown server adds it as a peer and dials it. Default false.
+    /// `RegistrarHandle::start` sets it from whether
+    /// `RegistrarOptions::enrp_multicast` names a group (it owns the sockets).
+    pub enrp_multicast: bool,
+    /// Limit on the datagrams taken from the ENRP multicast group, which
+    /// nothing authenticates (RFC 5355: expect floods). Over it they are
+    /// dropped and counted. Default 100/s, burst 200 (a few registrars send
+    /// one per heartbeat cycle each).
+    pub multicast_rate: RateLimit,
 }
 
 impl Default for RegistrarConfig {
@@ -221,6 +235,11 @@ impl Default for RegistrarConfig {
             takeover_timeout: Duration::from_secs(5),
             peer_reconnect_interval: Duration::from_secs(5),
             max_peers: 256,
+            enrp_multicast: false,
+            multicast_rate: RateLimit {
+                per_sec: 100,
+                burst: 200,
+            },
         }
     }
 }

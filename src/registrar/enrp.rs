@@ -6,7 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
-use super::{ConnId, ConnKind, Output, Owned, Registrar, Timer, PPID_ENRP};
+use super::util::TokenBucket;
+use super::{ConnId, ConnKind, Output, Owned, RateLimit, Registrar, Timer, PPID_ENRP};
 use crate::handlespace::Expiry;
 use crate::time::Time;
 use crate::wire::{
@@ -143,10 +144,15 @@ pub(super) struct Enrp {
     takeovers: BTreeMap<u32, Takeover>,
     resync: Option<Resync>,
     resync_queue: BTreeSet<u32>,
+    /// Dials to peers learnt from the multicast group: ask each for its peer
+    /// list once connected.
+    ask_list: BTreeSet<ConnId>,
+    /// Limit on datagrams taken from the multicast group.
+    multicast_bucket: TokenBucket,
 }
 
 impl Enrp {
-    pub(super) fn new(configured: bool) -> Self {
+    pub(super) fn new(configured: bool, multicast_rate: RateLimit, now: Time) -> Self {
         Enrp {
             peers: BTreeMap::new(),
             tombstones: Vec::new(),
@@ -161,6 +167,8 @@ impl Enrp {
             takeovers: BTreeMap::new(),
             resync: None,
             resync_queue: BTreeSet::new(),
+            ask_list: BTreeSet::new(),
+            multicast_bucket: TokenBucket::new(multicast_rate, now),
         }
     }
 }
@@ -206,6 +214,21 @@ pub struct EnrpStats {
     pub pes_taken_over: u64,
     /// Messages dropped: wrong receiver id, our own sender id, bad state.
     pub dropped: u64,
+    /// Presences sent to the ENRP multicast group.
+    pub multicast_sent: u64,
+    /// Presences of other servers taken from the multicast group.
+    pub multicast_received: u64,
+    /// Datagrams from the multicast group that did not decode (dropped).
+    pub multicast_malformed: u64,
+    /// Datagrams from the multicast group ignored: our own presences, other
+    /// message types, another receiver, no usable Server Information, the
+    /// peer limit, or multicast not enabled.
+    pub multicast_ignored: u64,
+    /// Datagrams from the multicast group dropped by
+    /// [`super::RegistrarConfig::multicast_rate`].
+    pub multicast_rate_limited: u64,
+    /// Peers learnt from the multicast group (unknown servers added).
+    pub peers_discovered: u64,
 }
 
 /// A socket address for an ENRP or ASAP transport, using `fallback_ip` when
@@ -217,11 +240,9 @@ fn transport_addr(t: &Transport, fallback_ip: Option<IpAddr>) -> Option<(SocketA
         _ => return None,
     };
     let port = t.port()?;
-    let ip = t.addrs().first().copied()?;
-    let ip = if ip.is_unspecified() {
-        fallback_ip?
-    } else {
-        ip
+    let ip = match t.addrs().first().copied() {
+        Some(ip) if !ip.is_unspecified() => ip,
+        _ => fallback_ip?,
     };
     (port != 0).then_some((SocketAddr::new(ip, port), kind))
 }
@@ -342,6 +363,7 @@ impl Registrar {
     /// established.
     pub fn handle_connect_failed(&mut self, conn: ConnId, now: Time) {
         self.advance(now);
+        self.enrp.ask_list.remove(&conn);
         // A peer we could not reach stays Probing/Connecting: its probe timer
         // decides. A PE we could not reach stays an orphan.
         if let Some(Dial::Peer(_)) = self.enrp.dials.remove(&conn) {
@@ -349,6 +371,21 @@ impl Registrar {
                 self.mentor_failed();
             }
         }
+        self.flush();
+    }
+
+    /// One UDP datagram from the ENRP multicast group, sent by `from` (only
+    /// with [`super::RegistrarConfig::enrp_multicast`]). It should hold one
+    /// ENRP_PRESENCE: one from a server we do not know adds it as a peer
+    /// (its ENRP endpoint from the Server Information, an unspecified or
+    /// missing address replaced by `from`'s) and dials it; the unicast
+    /// procedures follow (presence exchange and checksum audit, list
+    /// request). Our own presences, other messages and malformed datagrams
+    /// are counted and dropped. Liveness is never judged from the group:
+    /// it only introduces servers.
+    pub fn handle_multicast(&mut self, msg: &[u8], from: SocketAddr, now: Time) {
+        self.advance(now);
+        self.on_multicast(msg, from);
         self.flush();
     }
 
@@ -366,6 +403,11 @@ impl Registrar {
                 }
                 // Introduce ourselves (and learn its id from the answer).
                 self.send_presence(conn, 0, true);
+                if self.enrp.ask_list.remove(&conn) {
+                    // Learnt from the multicast group: its peers may include
+                    // servers that do not multicast (or that we miss).
+                    self.send_enrp_on(conn, 0, EnrpBody::ListRequest);
+                }
                 if matches!(self.enrp.mentor, Some((c, _)) if c == conn) {
                     if let StartupState::Connecting(i) = self.enrp.startup {
                         self.enrp.startup = StartupState::ListRequested(i);
@@ -396,6 +438,7 @@ impl Registrar {
     /// The ENRP side of a closed connection.
     pub(super) fn enrp_closed(&mut self, conn: ConnId, peer: Option<u32>) {
         self.enrp.dials.remove(&conn);
+        self.enrp.ask_list.remove(&conn);
         if matches!(self.enrp.mentor, Some((c, _)) if c == conn)
             && self.enrp.startup != StartupState::Done
         {
@@ -439,8 +482,28 @@ impl Registrar {
 
     fn dial(&mut self, addr: SocketAddr, kind: ConnKind, purpose: Dial) -> ConnId {
         let conn = self.alloc_conn();
+        // ENRP peers over SCTP: from our ENRP endpoint, so that the
+        // association's port is the one our Server Information names
+        // (RSPLIB drops a presence whose ENRP port is not the association's).
+        let local = match (&purpose, kind, &self.config.enrp_transport) {
+            (
+                Dial::Peer(_),
+                ConnKind::Sctp,
+                Some(Transport::Sctp {
+                    port: p @ 1..,
+                    addrs,
+                    ..
+                }),
+            ) => addrs.iter().map(|ip| SocketAddr::new(*ip, *p)).collect(),
+            _ => Vec::new(),
+        };
         self.enrp.dials.insert(conn, purpose);
-        self.push(Output::Connect { conn, addr, kind });
+        self.push(Output::Connect {
+            conn,
+            addr,
+            kind,
+            local,
+        });
         conn
     }
 
@@ -561,6 +624,122 @@ impl Registrar {
         if !self.enrp.peers.is_empty() {
             let at = self.now + min_period(self.config.peer_heartbeat_cycle);
             self.timers.set(Timer::Heartbeat, at);
+        }
+    }
+
+    // ------------------------------------------------------- multicast
+
+    /// MulticastPresence timer: our presence to the group, every
+    /// PEER-HEARTBEAT-CYCLE. Without an ENRP endpoint to name there is
+    /// nothing worth saying, and the timer stops.
+    pub(super) fn multicast_presence(&mut self) {
+        let Some(transport) = self.config.enrp_transport.clone() else {
+            return;
+        };
+        let msg = EnrpMessage {
+            sender: self.server_id,
+            receiver: 0,
+            body: EnrpBody::Presence {
+                reply_required: false,
+                checksum: Some(self.own_checksum()),
+                server_info: Some(ServerInfo {
+                    server_id: self.server_id,
+                    transport,
+                }),
+            },
+        };
+        self.enrp_stats.multicast_sent += 1;
+        self.push(Output::EnrpMulticast {
+            msg: msg.to_bytes(),
+        });
+        let at = self.now + min_period(self.config.peer_heartbeat_cycle);
+        self.timers.set(Timer::MulticastPresence, at);
+    }
+
+    fn on_multicast(&mut self, bytes: &[u8], from: SocketAddr) {
+        if !self.config.enrp_multicast {
+            self.enrp_stats.multicast_ignored += 1;
+            return;
+        }
+        if !self.enrp.multicast_bucket.take(self.now) {
+            self.enrp_stats.multicast_rate_limited += 1;
+            return;
+        }
+        // Unknown parameters are skipped (nobody to report them to: an
+        // ENRP_ERROR never goes to a group).
+        let msg = match EnrpMessage::decode(bytes) {
+            Ok(d) => d.msg,
+            Err(_) => {
+                self.enrp_stats.multicast_malformed += 1;
+                return;
+            }
+        };
+        let sender = msg.sender;
+        let EnrpBody::Presence { server_info, .. } = msg.body else {
+            self.enrp_stats.multicast_ignored += 1;
+            return;
+        };
+        if sender == 0
+            || sender == self.server_id
+            || (msg.receiver != 0 && msg.receiver != self.server_id)
+        {
+            // Our own presence looped back, or not for us.
+            self.enrp_stats.multicast_ignored += 1;
+            return;
+        }
+        self.enrp_stats.multicast_received += 1;
+        let endpoint = server_info
+            .filter(|si| si.server_id == sender)
+            .and_then(|si| transport_addr(&si.transport, Some(from.ip())));
+        if let Some(p) = self.enrp.peers.get_mut(&sender) {
+            // Known: unicast decides about its liveness. The group only fills
+            // in an address we lacked (a PE owner we never heard from) and
+            // hurries a connection that is missing.
+            if p.addr.is_none() {
+                if let Some((addr, kind)) = endpoint {
+                    p.addr = Some(addr);
+                    p.kind = kind;
+                }
+            }
+            let (conn, addr, kind, state) = (p.conn, p.addr, p.kind, p.state);
+            if let (None, Some(addr)) = (conn, addr) {
+                if matches!(
+                    state,
+                    PeerState::Active | PeerState::Connecting | PeerState::Probing
+                ) && !self.dialing(addr)
+                {
+                    self.dial(addr, kind, Dial::Peer(addr));
+                }
+            }
+            return;
+        }
+        let Some((addr, kind)) = endpoint else {
+            // No Server Information we can dial: nothing to do with it.
+            self.enrp_stats.multicast_ignored += 1;
+            return;
+        };
+        if self.enrp.peers.len() >= self.config.max_peers {
+            self.enrp_stats.multicast_ignored += 1;
+            return;
+        }
+        // A server taken over earlier is back: forget the tombstone.
+        self.enrp.tombstones.retain(|t| t.id != sender);
+        self.enrp_stats.peers_discovered += 1;
+        self.add_peer(
+            sender,
+            Peer {
+                addr: Some(addr),
+                kind,
+                conn: None,
+                state: PeerState::Connecting,
+                last_heard: self.now,
+                announced: None,
+                acked_takeover: None,
+            },
+        );
+        if !self.dialing(addr) {
+            let conn = self.dial(addr, kind, Dial::Peer(addr));
+            self.enrp.ask_list.insert(conn);
         }
     }
 
@@ -1292,18 +1471,50 @@ impl Registrar {
 
     /// Takeover timer: ours did not complete, or the winner's TAKEOVER_SERVER
     /// never came: start (again) if the target is still dead.
+    ///
+    /// RSPLIB's rspregistrar never delivers TAKEOVER_SERVER (it sends it
+    /// without a destination, and the send fails), so after acking its
+    /// INIT_TAKEOVER we learn of its win only from what follows: its next
+    /// presence announces a checksum with the target's PEs, our audit
+    /// resyncs them to it, and the PEs' re-registrations there come as
+    /// ADD_PE. So when we acked someone else's takeover and the target owns
+    /// nothing any more in our view, the initiator won: we drop the target
+    /// as taken over by it, as TAKEOVER_SERVER would have made us do. While
+    /// a resync with the initiator is under way we wait for it. Only PEs
+    /// still left with the target (the winner died, or never won) make us
+    /// take over ourselves.
     pub(super) fn takeover_timer(&mut self, target: u32) {
         if self.enrp.takeovers.remove(&target).is_some() {
             self.enrp_stats.takeovers_aborted += 1;
         }
-        if self
-            .enrp
-            .peers
-            .get(&target)
-            .is_some_and(|p| p.state == PeerState::Dead)
-        {
-            self.start_takeover(target);
+        let Some(p) = self.enrp.peers.get(&target) else {
+            return;
+        };
+        if p.state != PeerState::Dead {
+            return;
         }
+        if let Some(winner) = p.acked_takeover {
+            let winner_alive = self
+                .enrp
+                .peers
+                .get(&winner)
+                .is_some_and(|w| !matches!(w.state, PeerState::Dead | PeerState::Probing));
+            if winner_alive {
+                if self.space.hs.owned_count(target) == 0 {
+                    self.enrp_stats.takeovers_applied += 1;
+                    self.remove_peer(target, winner);
+                    return;
+                }
+                let syncing = self.enrp.resync.as_ref().is_some_and(|r| r.peer == winner)
+                    || self.enrp.resync_queue.contains(&winner);
+                if syncing {
+                    let at = self.now + self.config.takeover_timeout;
+                    self.timers.set(Timer::Takeover(target), at);
+                    return;
+                }
+            }
+        }
+        self.start_takeover(target);
     }
 
     fn on_init_takeover(&mut self, initiator: u32, target: u32) {

@@ -10,7 +10,8 @@
 //!   [`Registrar::startup_state`], [`Registrar::enrp_stats`], ...;
 //! - `handle_*`: network and timer input ([`Registrar::handle_connected`],
 //!   [`Registrar::handle_message`], [`Registrar::handle_closed`],
-//!   [`Registrar::handle_timeout`], [`Registrar::handle_connect_failed`]);
+//!   [`Registrar::handle_timeout`], [`Registrar::handle_connect_failed`],
+//!   [`Registrar::handle_multicast`]);
 //! - `poll_*`: after **every** `handle_*` call drain [`Registrar::poll_output`]
 //!   until `None`, then arm a timer for [`Registrar::poll_timeout`].
 //!
@@ -51,6 +52,10 @@
 //!   live PE over by guessing its id.
 //! - **Deregistration** is honoured only from the PE's registration
 //!   connection, or from anyone once that connection is gone (0xa otherwise).
+//!   A PE another server is home of (a PE whose home died hunts and sends its
+//!   deregistration to a survivor) is announced as ours (ADD_PE) and then
+//!   removed (DEL_PE), so every peer drops it; registering it here would move
+//!   it to us just the same.
 //! - **Subscriptions**: a pushed response is built like an answer to the
 //!   original request (same item count). When a subscribed pool disappears the
 //!   push is a negative response (cause 0x9) with A=1, and the subscription
@@ -101,7 +106,8 @@
 //!   it is probed, declared dead and taken over, so its PEs cannot linger.
 //! - **Handle updates**: ADD_PE after every granted (re-)registration, DEL_PE
 //!   after every removal of a PE we own (deregistration, expiry, keep-alive
-//!   failure, unreachable removal, connection loss), one copy per connected
+//!   failure, unreachable removal, connection loss) and ADD_PE + DEL_PE
+//!   after deregistering another server's PE, one copy per connected
 //!   peer with receiver id 0. Received ADD_PE adds or replaces; if we owned
 //!   the PE we lose it (no more keep-alives, its connection forgets it).
 //!   Received DEL_PE is applied only when the sender is the PE's current
@@ -133,10 +139,35 @@
 //!   DEL_PE goes out. A PE whose ASAP transport is SCTP is dialled
 //!   ([`Output::Connect`] with [`ConnKind::Sctp`]) and sent a keep-alive with
 //!   H=1 on the new association. A takeover not completed within
-//!   `takeover_timeout`, or someone else's we acked whose TAKEOVER_SERVER
-//!   never came, starts over while the target stays dead.
+//!   `takeover_timeout` starts over while the target stays dead. After we
+//!   acked someone else's, the same timeout without TAKEOVER_SERVER makes us
+//!   take over only if the target still owns PEs in our view: RSPLIB never
+//!   delivers TAKEOVER_SERVER, and its win shows instead as its new presence
+//!   checksum, which our audit follows (the target is then dropped as taken
+//!   over by the initiator; a resync with the initiator still running is
+//!   waited for).
+//! - **SCTP peers** are dialled from our ENRP endpoint (every address of it,
+//!   its port: [`Output::Connect::local`](Output::Connect)), because RSPLIB
+//!   ignores a presence whose Server Information port is not the
+//!   association's.
 //! - **ENRP_ERROR** for unrecognised messages/parameters per their action
 //!   bits (the codec's reports).
+//! - **Presence multicast** (opt-in, [`RegistrarConfig::enrp_multicast`];
+//!   RFC 5351 §3.1 mentions it, RFC 5353 does not specify it, RSPLIB does
+//!   it): at start and every PEER-HEARTBEAT-CYCLE an ENRP_PRESENCE with our
+//!   checksum and Server Information (`enrp_transport`; none is sent without
+//!   one) goes out as [`Output::EnrpMulticast`], a bare ENRP message per UDP
+//!   datagram, receiver id 0. [`Registrar::handle_multicast`] takes the
+//!   group's datagrams: a presence from an unknown server (receiver 0 or
+//!   us) adds it as a peer at the endpoint its Server Information names
+//!   (unspecified or no address: the datagram's source) and dials it; on
+//!   connection the usual presence exchange starts the checksum audit
+//!   (W=1 resyncs both ways) and an ENRP_LIST_REQUEST brings its peers.
+//!   The group only introduces servers: a known peer's liveness, checksum
+//!   and address are judged over unicast (anyone can send to a group), except
+//!   that a peer without an address gets one and a peer without a connection
+//!   is dialled. Our own presences (looped back), other messages, malformed
+//!   datagrams and those over `multicast_rate` are counted and dropped.
 
 mod config;
 mod enrp;
@@ -214,6 +245,13 @@ pub enum Output {
         /// The message bytes.
         msg: Vec<u8>,
     },
+    /// Send this ENRP message (an ENRP_PRESENCE) as one UDP datagram to the
+    /// ENRP multicast group, without any framing (only with
+    /// [`RegistrarConfig::enrp_multicast`]).
+    EnrpMulticast {
+        /// The message bytes.
+        msg: Vec<u8>,
+    },
     /// Open a connection (to an ENRP peer, or to a taken-over PE's SCTP
     /// endpoint). The core picked `conn` with [`CORE_CONN_BIT`] set, so it never
     /// collides with the runtime's ids for accepted connections (bit 63 clear).
@@ -226,6 +264,14 @@ pub enum Output {
         addr: SocketAddr,
         /// TCP (with the TCP mapping) or SCTP, as the peer's transport says.
         kind: ConnKind,
+        /// Local addresses (all with one port) to open the connection from;
+        /// empty: the system's choice. Set for SCTP ENRP peers when our own
+        /// ENRP endpoint ([`RegistrarConfig::enrp_transport`]) is SCTP: the
+        /// association then starts from the port our Server Information
+        /// names, which RSPLIB checks (it ignores a presence whose ENRP port
+        /// differs from the association's). If the bind fails the runtime
+        /// connects unbound.
+        local: Vec<SocketAddr>,
     },
 }
 
@@ -317,6 +363,8 @@ enum Timer {
     Resync,
     /// ENRP: takeover of this peer (ours, or one we acked) timed out.
     Takeover(u32),
+    /// ENRP: send a presence to the multicast group.
+    MulticastPresence,
 }
 
 /// A handle-table download in progress on one connection.
@@ -404,6 +452,7 @@ impl Registrar {
     /// tests.
     pub fn new(config: RegistrarConfig, server_id: u32, rng_seed: u64, now: Time) -> Self {
         let mut rng = Rng::new(rng_seed);
+        let config_multicast_rate = config.multicast_rate;
         let hs_config = handlespace::Config {
             reg_life_unit: config.reg_life_unit,
             expiry_granularity: config.expiry_granularity,
@@ -426,14 +475,17 @@ impl Registrar {
             timers: Timers::default(),
             out: VecDeque::new(),
             stats: RegistrarStats::default(),
-            enrp: enrp::Enrp::new(false),
+            enrp: enrp::Enrp::new(false, config_multicast_rate, now),
             enrp_stats: EnrpStats::default(),
         };
+        if r.config.enrp_multicast {
+            r.timers.set(Timer::MulticastPresence, now);
+        }
         if r.config.announce_interval.is_some() {
             r.timers.set(Timer::Announce, now);
         }
         if !r.config.peers.is_empty() {
-            r.enrp = enrp::Enrp::new(true);
+            r.enrp = enrp::Enrp::new(true, config_multicast_rate, now);
             // Start-up begins at the first handle_timeout (poll_timeout says now).
             r.timers.set(Timer::Startup, now);
             r.timers.set(
@@ -615,6 +667,7 @@ impl Registrar {
                 Timer::ProbeTimeout(id) => self.probe_timeout(id),
                 Timer::Resync => self.abort_resync(),
                 Timer::Takeover(id) => self.takeover_timer(id),
+                Timer::MulticastPresence => self.multicast_presence(),
             }
         }
         self.flush();
@@ -986,7 +1039,21 @@ impl Registrar {
             Some(vec![ErrorCause::new(cause::SECURITY)])
         } else {
             self.stats.deregistrations += 1;
+            let foreign = self
+                .space
+                .get(&key.0, key.1)
+                .filter(|pe| pe.home != self.server_id);
             self.remove_pe(&key, Removal::Deregistered);
+            if let Some(mut pe) = foreign {
+                // Another server is its home in our view (it died, or the PE
+                // moved here). Peers take DEL_PE only from the owner, so we
+                // first become the owner, as a registration here would make
+                // us (ADD_PE), then remove it (DEL_PE); otherwise it would
+                // stay everywhere else until its life ran out.
+                pe.home = self.server_id;
+                self.broadcast_update(UpdateAction::ADD_PE, key.0.clone(), pe.clone());
+                self.broadcast_update(UpdateAction::DEL_PE, key.0.clone(), pe);
+            }
             None
         };
         let msg = AsapMessage::DeregistrationResponse {

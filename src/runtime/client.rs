@@ -77,6 +77,11 @@ impl<H: ClientHandler> ClientDriver<H> {
         &self.handler
     }
 
+    /// The handler, to change it (no client command: nothing to drain).
+    pub fn handler_mut(&mut self) -> &mut H {
+        &mut self.handler
+    }
+
     /// Run a command on the core (and the handler), then drain what it
     /// produced. Use from [`LoopHandle::call`](super::LoopHandle::call).
     pub fn command<R>(&mut self, now: Time, f: impl FnOnce(&mut Client, &mut H) -> R) -> R {
@@ -118,6 +123,7 @@ impl<H: ClientHandler> ClientDriver<H> {
                     Some(all) => Action::ConnectSctp {
                         conn: id,
                         addrs: all.clone(),
+                        local: Vec::new(),
                     },
                     None => Action::Connect { conn: id, addr },
                 };

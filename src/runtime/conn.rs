@@ -12,7 +12,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
 use super::sctp::{Reassembly, Received, SctpSocket};
-use super::{ConnId, Driver, RuntimeConfig};
+use super::{ConnId, DataInfo, Driver, RuntimeConfig};
 use crate::time::Time;
 use crate::wire::tcpmap::{self, Chunk, ChunkDecoder, ChunkRef, DataHeader, InitFlags};
 
@@ -93,11 +93,44 @@ impl Transport {
         }
     }
 
-    /// Queue one message; fails when it can't be framed or the backlog bound is hit.
-    pub(crate) fn queue(&mut self, ppid: u32, msg: &[u8], max: usize) -> Result<(), String> {
+    /// Queue one message with its stream and unordered flag; fails when it
+    /// can't be framed or the backlog bound is hit.
+    pub(crate) fn queue_data(
+        &mut self,
+        ppid: u32,
+        stream: u16,
+        unordered: bool,
+        msg: &[u8],
+        max: usize,
+    ) -> Result<(), String> {
         match self {
-            Transport::Tcp(t) => t.queue_data(ppid, msg, max),
-            Transport::Sctp(s) => s.queue(ppid, msg, max),
+            Transport::Tcp(t) => t.queue_data(ppid, stream, unordered, msg, max),
+            Transport::Sctp(s) => s.queue(ppid, stream, unordered, msg, max),
+        }
+    }
+
+    /// Manual (true) or automatic ACK chunks (TCP mapping only).
+    pub(crate) fn set_manual_ack(&mut self, on: bool) {
+        if let Transport::Tcp(t) = self {
+            t.manual_ack = on;
+        }
+    }
+
+    /// Manual-ack mode: queue the ACK of the oldest unacknowledged delivered
+    /// DATA chunk. False when nothing was queued.
+    pub(crate) fn ack(&mut self) -> bool {
+        match self {
+            Transport::Tcp(t) => t.ack_one(),
+            Transport::Sctp(_) => false,
+        }
+    }
+
+    /// SCTP: messages the kernel accepted since the last call (each counts as
+    /// acknowledged). Always 0 for TCP, whose ACKs are chunks.
+    pub(crate) fn take_kernel_acks(&mut self) -> u32 {
+        match self {
+            Transport::Tcp(_) => 0,
+            Transport::Sctp(s) => std::mem::take(&mut s.kernel_acks),
         }
     }
 
@@ -170,11 +203,22 @@ impl Transport {
 pub(crate) struct SctpConn {
     pub(crate) sock: SctpSocket,
     rx: Reassembly,
-    /// Whole messages not yet accepted by the kernel, with their PPIDs.
-    out: VecDeque<(u32, Vec<u8>)>,
+    /// Whole messages not yet accepted by the kernel.
+    out: VecDeque<OutMsg>,
     /// Bytes in `out`.
     backlog: usize,
+    /// Messages the kernel accepted, not yet reported to the driver.
+    kernel_acks: u32,
     pub(crate) flags: IoFlags,
+}
+
+/// One queued SCTP message.
+#[derive(Debug)]
+struct OutMsg {
+    ppid: u32,
+    stream: u16,
+    unordered: bool,
+    msg: Vec<u8>,
 }
 
 impl SctpConn {
@@ -185,16 +229,29 @@ impl SctpConn {
             rx: Reassembly::new(cfg.max_read_buffer),
             out: VecDeque::new(),
             backlog: 0,
+            kernel_acks: 0,
             flags: IoFlags::default(),
         }
     }
 
-    fn queue(&mut self, ppid: u32, msg: &[u8], max: usize) -> Result<(), String> {
+    fn queue(
+        &mut self,
+        ppid: u32,
+        stream: u16,
+        unordered: bool,
+        msg: &[u8],
+        max: usize,
+    ) -> Result<(), String> {
         if msg.is_empty() {
             return Err("cannot send an empty SCTP message".into());
         }
         self.backlog += msg.len();
-        self.out.push_back((ppid, msg.to_vec()));
+        self.out.push_back(OutMsg {
+            ppid,
+            stream,
+            unordered,
+            msg: msg.to_vec(),
+        });
         if self.backlog > max {
             return Err(format!(
                 "peer is not reading: {} bytes of output queued (bound {max})",
@@ -205,11 +262,12 @@ impl SctpConn {
     }
 
     fn flush(&mut self) -> io::Result<usize> {
-        while let Some((ppid, msg)) = self.out.front() {
-            match self.sock.send_msg(*ppid, msg) {
+        while let Some(m) = self.out.front() {
+            match self.sock.send_msg_on(m.ppid, m.stream, m.unordered, &m.msg) {
                 Ok(_) => {
-                    self.backlog -= msg.len();
+                    self.backlog -= m.msg.len();
                     self.out.pop_front();
+                    self.kernel_acks = self.kernel_acks.saturating_add(1);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
@@ -235,9 +293,9 @@ impl SctpConn {
                 return ReadOutcome::Yielded;
             }
             match self.rx.recv(&self.sock) {
-                Ok(Received::Message(ppid, msg)) => {
+                Ok(Received::Message(info, msg)) => {
                     taken += msg.len();
-                    driver.on_message(id, ppid, msg, now);
+                    driver.on_data(id, info, msg, now);
                 }
                 Ok(Received::Nothing(n)) => taken += n,
                 Ok(Received::Eof) => {
@@ -258,9 +316,14 @@ pub(crate) struct TcpMapConn {
     /// Unsent bytes are `out[out_pos..]`.
     out: Vec<u8>,
     out_pos: usize,
-    /// Our next TSN and stream-0 SSN.
+    /// Our next TSN, and the next SSN of each stream we used (index = stream).
     tsn: u32,
-    ssn: u16,
+    ssn: Vec<u16>,
+    /// Manual-ack mode: the driver sends the ACK chunks ([`Transport::ack`]).
+    manual_ack: bool,
+    /// Manual-ack mode: TSNs of the DATA chunks delivered and not yet
+    /// acknowledged, oldest first.
+    unacked: VecDeque<Option<u32>>,
     /// When we last received anything, or last sent a HEARTBEAT.
     idle_since: Time,
     /// HEARTBEATs sent since we last heard from the peer.
@@ -281,7 +344,9 @@ impl TcpMapConn {
             out,
             out_pos: 0,
             tsn: 0,
-            ssn: 0,
+            ssn: vec![0],
+            manual_ack: false,
+            unacked: VecDeque::new(),
             idle_since: now,
             hb_missed: 0,
             flags: IoFlags {
@@ -297,20 +362,36 @@ impl TcpMapConn {
         self.out.len() - self.out_pos
     }
 
-    /// Queue one message as a DATA chunk on stream 0, ordered. Fails if the
-    /// message can't be framed or the backlog would exceed the bound.
-    pub(crate) fn queue_data(&mut self, ppid: u32, msg: &[u8], max: usize) -> Result<(), String> {
+    /// Queue one message as a DATA chunk: the next TSN, and for an ordered
+    /// message the stream's next SSN (an unordered one carries SSN 0, which
+    /// the receiver ignores). Fails if the message can't be framed or the
+    /// backlog would exceed the bound.
+    pub(crate) fn queue_data(
+        &mut self,
+        ppid: u32,
+        stream: u16,
+        unordered: bool,
+        msg: &[u8],
+        max: usize,
+    ) -> Result<(), String> {
+        let s = usize::from(stream);
+        if !unordered && s >= self.ssn.len() {
+            self.ssn.resize(s + 1, 0);
+        }
+        let ssn = if unordered { 0 } else { self.ssn[s] };
         let hdr = DataHeader {
-            unordered: false,
+            unordered,
             tsn: self.tsn,
-            stream: 0,
-            ssn: self.ssn,
+            stream,
+            ssn,
             ppid,
         };
         tcpmap::encode_data(&mut self.out, OUR_INIT, &hdr, msg)
             .map_err(|e| format!("cannot send a {}-byte message: {e}", msg.len()))?;
         self.tsn = self.tsn.wrapping_add(1);
-        self.ssn = self.ssn.wrapping_add(1);
+        if !unordered {
+            self.ssn[s] = ssn.wrapping_add(1);
+        }
         if self.backlog() > max {
             return Err(format!(
                 "peer is not reading: {} bytes of output queued (bound {max})",
@@ -383,11 +464,18 @@ impl TcpMapConn {
                 ChunkRef::Init { .. } => {}
                 ChunkRef::Data(d) => {
                     let tsn = d.tsn;
-                    driver.on_message(id, d.ppid.unwrap_or(0), d.payload, now);
-                    // Exactly one ACK per delivered DATA chunk; no TSN if the
-                    // peer's INIT asked for none (flag T).
-                    let omit = self.dec.peer_init().is_some_and(|f| f.no_tsn());
-                    push_ack(&mut self.out, if omit { None } else { tsn });
+                    let info = DataInfo {
+                        ppid: d.ppid.unwrap_or(0),
+                        stream: d.stream.map_or(0, |(s, _)| s),
+                        unordered: d.unordered,
+                    };
+                    driver.on_data(id, info, d.payload, now);
+                    if self.manual_ack {
+                        self.unacked.push_back(tsn);
+                    } else {
+                        // Exactly one ACK per delivered DATA chunk.
+                        self.push_ack(tsn);
+                    }
                 }
                 ChunkRef::Heartbeat { info } => {
                     let _ = Chunk::HeartbeatAck {
@@ -395,12 +483,35 @@ impl TcpMapConn {
                     }
                     .encode(&mut self.out);
                 }
-                // We keep no copies of sent messages (no retrieval), so ACKs need no
-                // bookkeeping; any chunk already counted as a sign of life.
-                ChunkRef::Ack { .. } | ChunkRef::HeartbeatAck { .. } => {}
+                // The driver keeps the copies (if any): it learns of each ACK.
+                ChunkRef::Ack { cum_tsn } => driver.on_ack(id, cum_tsn, now),
+                // Any chunk already counted as a sign of life.
+                ChunkRef::HeartbeatAck { .. } => {}
                 // Framed by its Length, so the stream stays in step: ignore.
                 ChunkRef::Unknown { .. } => {}
             }
+        }
+    }
+
+    /// One ACK chunk for a delivered DATA chunk with TSN `tsn`; no TSN if
+    /// the peer's INIT asked for none (flag T).
+    fn push_ack(&mut self, tsn: Option<u32>) {
+        let omit = self.dec.peer_init().is_some_and(|f| f.no_tsn());
+        push_ack(&mut self.out, if omit { None } else { tsn });
+    }
+
+    /// Manual-ack mode: acknowledge the oldest delivered DATA chunk not yet
+    /// acknowledged. False when there is none (or in automatic mode).
+    pub(crate) fn ack_one(&mut self) -> bool {
+        if !self.manual_ack {
+            return false;
+        }
+        match self.unacked.pop_front() {
+            Some(tsn) => {
+                self.push_ack(tsn);
+                true
+            }
+            None => false,
         }
     }
 

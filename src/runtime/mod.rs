@@ -15,6 +15,19 @@
 //! ([`probe_sctp`]), `sctp://` listeners fail with [`StartError::Unsupported`]
 //! and [`Action::ConnectSctp`] with `on_connect_failed`.
 //!
+//! Acknowledgements (digest §10.4): by default the loop answers every DATA
+//! chunk it hands to the driver with one ACK chunk, which is all ASAP and
+//! ENRP need. A connection in manual-ack mode ([`Action::ManualAck`], or a
+//! dynamic listener's choice) leaves that to the driver ([`Action::Ack`]),
+//! so an application can acknowledge a message only once it is done with
+//! it; ACK chunks received go to [`Driver::on_ack`]. SCTP has no ACK
+//! chunks: there a message counts as acknowledged once the kernel accepted
+//! it from the loop's send queue (`on_ack` with `None`), and `Action::Ack`
+//! does nothing.
+//!
+//! Drivers may open listeners at run time ([`Action::Listen`], answered by
+//! [`Driver::on_listen`]) besides the ones of [`RuntimeConfig::listen`].
+//!
 //! Threading: [`EventLoop::run`] blocks its thread. [`LoopHandle`] (Clone,
 //! Send) posts commands to it from any thread and wakes it. The driver only ever
 //! runs on the loop thread.
@@ -34,9 +47,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use reactor::{EventLoop, LoopHandle, LoopStats};
-pub use registrar::{RegistrarHandle, RegistrarOptions};
+pub use registrar::{EnrpMulticast, RegistrarHandle, RegistrarOptions};
 pub use sctp::{SctpClient, SctpParams};
-pub use sys::{probe_sctp, SctpSupport, SignalPipe};
+pub use sys::{probe_sctp, MulticastInterface, SctpSupport, SignalPipe};
 pub use url::{EndpointUrl, Proto};
 
 use crate::time::Time;
@@ -73,6 +86,15 @@ impl ConnId {
     }
 }
 
+/// A listener the driver opened at run time with [`Action::Listen`], named by
+/// the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerId(pub u64);
+
+/// The answer to [`Action::Listen`]: the bound addresses (the kernel's port
+/// when the URL said 0), or why the listener could not be opened.
+pub type ListenResult = Result<Vec<(Proto, SocketAddr)>, String>;
+
 /// What the driver learns about a new connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnMeta {
@@ -83,8 +105,22 @@ pub struct ConnMeta {
     /// Our address.
     pub local: SocketAddr,
     /// Which listener accepted it (its index in [`RuntimeConfig::listen`]);
-    /// `usize::MAX` for a connection the driver opened.
+    /// `usize::MAX` for a connection the driver opened or one accepted by a
+    /// dynamic listener.
     pub listener: usize,
+    /// The dynamic listener ([`Action::Listen`]) that accepted it.
+    pub dynamic_listener: Option<ListenerId>,
+}
+
+/// The DATA header fields of one received message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataInfo {
+    /// The payload protocol identifier (0 when the peer's INIT omits it).
+    pub ppid: u32,
+    /// The stream identifier (0 when the peer's INIT omits it).
+    pub stream: u16,
+    /// Sent unordered (TCP mapping DATA flag U, SCTP_UNORDERED).
+    pub unordered: bool,
 }
 
 /// Something the driver wants the loop to do.
@@ -128,11 +164,74 @@ pub enum Action {
         conn: ConnId,
         /// The peer's addresses, all with the same port.
         addrs: Vec<SocketAddr>,
+        /// Local addresses (all with one port) to open the association
+        /// from; empty: any, with an ephemeral port. An ENRP server dials its
+        /// peers from its ENRP endpoint, because RSPLIB ignores a presence
+        /// whose Server Information names another port than the
+        /// association's. If the bind fails the association is opened
+        /// unbound.
+        local: Vec<SocketAddr>,
     },
     /// Send this message to the configured announce group (dropped if none).
     Announce {
         /// The message (an ASAP_SERVER_ANNOUNCE).
         msg: Vec<u8>,
+    },
+    /// Send one whole message with its DATA header fields chosen: stream
+    /// identifier and unordered flag (TCP mapping DATA chunk, or SCTP
+    /// `snd_sid`/`SCTP_UNORDERED`). On a TCP mapping connection every DATA
+    /// chunk, whichever action queued it, takes the next TSN: 0, 1, 2, ...
+    SendData {
+        /// The connection.
+        conn: ConnId,
+        /// The payload protocol identifier.
+        ppid: u32,
+        /// The stream identifier (SCTP: must be below the association's
+        /// outbound stream count, else the send fails and the connection
+        /// closes).
+        stream: u16,
+        /// Unordered delivery.
+        unordered: bool,
+        /// The message.
+        msg: Vec<u8>,
+    },
+    /// Switch the connection to manual acknowledgement (`true`): the loop no
+    /// longer sends a TCP mapping ACK chunk for each DATA chunk it delivers;
+    /// the driver sends them with [`Action::Ack`]. `false` returns to
+    /// automatic ACKs. Applies to chunks delivered from then on; a no-op on
+    /// SCTP, which has no ACK chunks. Connections accepted by a dynamic
+    /// listener start in the mode its [`Action::Listen`] chose.
+    ManualAck {
+        /// The connection.
+        conn: ConnId,
+        /// Manual (true) or automatic (false).
+        on: bool,
+    },
+    /// In manual-ack mode: one ACK chunk for the oldest delivered and not yet
+    /// acknowledged DATA chunk (with its TSN as the Cumulative TSN Ack, unless
+    /// the peer's INIT asked for none). Ignored when nothing is outstanding,
+    /// in automatic mode, and on SCTP.
+    Ack {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Open a listener at run time; the loop answers with
+    /// [`Driver::on_listen`] (the bound addresses, the kernel's port when the
+    /// URL says 0, or the error). Connections it accepts carry
+    /// [`ConnMeta::dynamic_listener`] and start in manual-ack mode if
+    /// `manual_ack`.
+    Listen {
+        /// The name the driver gives it (must not be in use).
+        id: ListenerId,
+        /// Where (`tcp://` with the TCP mapping, or `sctp://`).
+        url: EndpointUrl,
+        /// Accepted connections start in manual-ack mode.
+        manual_ack: bool,
+    },
+    /// Close a dynamic listener (its accepted connections stay open).
+    Unlisten {
+        /// The listener.
+        id: ListenerId,
     },
 }
 
@@ -144,6 +243,25 @@ pub trait Driver: Send + 'static {
     fn on_connected(&mut self, conn: ConnId, meta: &ConnMeta, now: Time);
     /// One whole message arrived on `conn`.
     fn on_message(&mut self, conn: ConnId, ppid: u32, msg: &[u8], now: Time);
+    /// One whole message arrived on `conn`, with its DATA header fields. The
+    /// loop calls this for every message; the default hands it to
+    /// [`Driver::on_message`].
+    fn on_data(&mut self, conn: ConnId, info: DataInfo, msg: &[u8], now: Time) {
+        self.on_message(conn, info.ppid, msg, now);
+    }
+    /// The peer acknowledged delivery on `conn`. TCP mapping: one call per ACK
+    /// chunk received, with its Cumulative TSN Ack if it carried one. SCTP,
+    /// which has no ACK chunks: one call with `None` per message the kernel
+    /// accepted from the loop's send queue (the best SCTP can say: the
+    /// message is the kernel's now). Default: ignored.
+    fn on_ack(&mut self, conn: ConnId, cum_tsn: Option<u32>, now: Time) {
+        let _ = (conn, cum_tsn, now);
+    }
+    /// The answer to [`Action::Listen`]: the bound addresses, or why not.
+    /// Default: ignored.
+    fn on_listen(&mut self, id: ListenerId, result: ListenResult, now: Time) {
+        let _ = (id, result, now);
+    }
     /// `conn` is gone (peer closed, error, timeout, or after [`Action::Close`]).
     /// Called exactly once per connection that got `on_connected`.
     fn on_closed(&mut self, conn: ConnId, now: Time);

@@ -16,7 +16,9 @@ use super::conn::{ReadOutcome, SctpConn, TcpMapConn, Transport};
 use super::sctp::SctpSocket;
 use super::slab::Slab;
 use super::url::{EndpointUrl, Proto};
-use super::{Action, ConnId, ConnMeta, Driver, RuntimeConfig, StartError};
+use super::{
+    Action, ConnId, ConnMeta, Driver, ListenResult, ListenerId, RuntimeConfig, StartError,
+};
 use crate::time::Time;
 
 /// Reserved token of the waker (slab indices never get this high).
@@ -112,9 +114,13 @@ pub struct LoopStats {
 enum Entry {
     Listener {
         sock: ListenSock,
-        /// Index in `RuntimeConfig::listen`.
+        /// Index in `RuntimeConfig::listen` (`usize::MAX` for a dynamic one).
         index: usize,
         local: SocketAddr,
+        /// The driver's name of a listener opened with `Action::Listen`.
+        dynamic: Option<ListenerId>,
+        /// Accepted connections start in manual-ack mode.
+        manual_ack: bool,
     },
     Conn(Box<Conn>),
 }
@@ -140,7 +146,8 @@ impl ListenSock {
 #[derive(Debug)]
 enum Target {
     Tcp(SocketAddr),
-    Sctp(Vec<SocketAddr>),
+    /// The peer's addresses, and the local ones to bind first (may be empty).
+    Sctp(Vec<SocketAddr>, Vec<SocketAddr>),
 }
 
 #[derive(Debug)]
@@ -183,6 +190,13 @@ pub struct EventLoop<D: Driver> {
     listeners: Vec<(Proto, SocketAddr)>,
     /// Slots of the connections opened under driver-chosen ids.
     aliases: HashMap<ConnId, (usize, u32)>,
+    /// Slots of the dynamic listeners.
+    dynamic: HashMap<ListenerId, usize>,
+    /// Answers to `Action::Listen`, reported after the current action.
+    listen_results: Vec<(ListenerId, ListenResult)>,
+    /// SCTP connections whose messages the kernel accepted (each one an
+    /// `on_ack`), not yet reported.
+    kernel_acks: Vec<(ConnId, u32)>,
     announce: Option<UdpSocket>,
     next_sweep: Time,
     n_conns: usize,
@@ -222,9 +236,8 @@ impl<D: Driver> EventLoop<D> {
         let mut entries = Slab::new();
         let mut listeners = Vec::new();
         for (index, url) in cfg.listen.iter().enumerate() {
-            for (proto, local) in bind(&poll, &mut entries, index, url, &cfg)? {
-                listeners.push((proto, local));
-            }
+            let (_, locals) = bind(&poll, &mut entries, index, url, &cfg, None, false)?;
+            listeners.extend(locals);
         }
         let announce = match cfg.announce {
             Some(group) => Some(
@@ -248,6 +261,9 @@ impl<D: Driver> EventLoop<D> {
             failed_connects: Vec::new(),
             listeners,
             aliases: HashMap::new(),
+            dynamic: HashMap::new(),
+            listen_results: Vec::new(),
+            kernel_acks: Vec::new(),
             announce,
             next_sweep: Time::ZERO,
             n_conns: 0,
@@ -377,6 +393,9 @@ impl<D: Driver> EventLoop<D> {
                 }
                 if writable {
                     self.flush_one(id);
+                    if !self.kernel_acks.is_empty() {
+                        self.drain(now);
+                    }
                 }
                 if readable {
                     self.read(id, now);
@@ -434,12 +453,12 @@ impl<D: Driver> EventLoop<D> {
                     return;
                 }
             },
-            Target::Sctp(addrs) => {
+            Target::Sctp(addrs, local) => {
                 let Some(&first) = addrs.first() else {
                     self.failed_connects.push(conn);
                     return;
                 };
-                match SctpSocket::connect_start(&addrs, &self.cfg.sctp) {
+                match SctpSocket::connect_from(&local, &addrs, &self.cfg.sctp) {
                     Ok(sock) => (Transport::Sctp(SctpConn::new(sock, &self.cfg)), first),
                     Err(e) => {
                         if verbose() {
@@ -521,6 +540,7 @@ impl<D: Driver> EventLoop<D> {
             remote,
             local,
             listener: usize::MAX,
+            dynamic_listener: None,
         };
         self.driver.on_connected(id, &meta, now);
         self.drain(now);
@@ -564,11 +584,20 @@ impl<D: Driver> EventLoop<D> {
 
     fn accept(&mut self, idx: usize, now: Time) {
         for _ in 0..ACCEPT_BUDGET {
+            let (dynamic, manual_ack) = match self.entries.get(idx) {
+                Some(Entry::Listener {
+                    dynamic,
+                    manual_ack,
+                    ..
+                }) => (*dynamic, *manual_ack),
+                _ => return,
+            };
             let (res, index, local) = match self.entries.get(idx) {
                 Some(Entry::Listener {
                     sock: ListenSock::Tcp(sock),
                     index,
                     local,
+                    ..
                 }) => (
                     sock.accept().map(|(stream, peer)| {
                         let _ = stream.set_nodelay(true);
@@ -583,6 +612,7 @@ impl<D: Driver> EventLoop<D> {
                     sock: ListenSock::Sctp(sock),
                     index,
                     local,
+                    ..
                 }) => (
                     sock.accept().map(|s| {
                         let local = s.local_addr().unwrap_or(*local);
@@ -599,8 +629,9 @@ impl<D: Driver> EventLoop<D> {
                 _ => return,
             };
             match res {
-                Ok((transport, proto, remote, local)) => {
+                Ok((mut transport, proto, remote, local)) => {
                     self.stats.accepted += 1;
+                    transport.set_manual_ack(manual_ack);
                     if self.n_conns >= self.cfg.max_connections {
                         self.stats.refused += 1;
                         drop(transport);
@@ -636,6 +667,7 @@ impl<D: Driver> EventLoop<D> {
                         remote,
                         local,
                         listener: index,
+                        dynamic_listener: dynamic,
                     };
                     self.driver.on_connected(id, &meta, now);
                     self.drain(now);
@@ -707,6 +739,20 @@ impl<D: Driver> EventLoop<D> {
                 }
                 continue;
             }
+            if !self.listen_results.is_empty() {
+                for (id, r) in std::mem::take(&mut self.listen_results) {
+                    self.driver.on_listen(id, r, now);
+                }
+                continue;
+            }
+            if !self.kernel_acks.is_empty() {
+                for (id, n) in std::mem::take(&mut self.kernel_acks) {
+                    for _ in 0..n {
+                        self.driver.on_ack(id, None, now);
+                    }
+                }
+                continue;
+            }
             if self.to_close.is_empty() {
                 return;
             }
@@ -719,26 +765,46 @@ impl<D: Driver> EventLoop<D> {
 
     fn apply(&mut self, a: Action, now: Time) {
         match a {
-            Action::Send { conn, ppid, msg } => {
-                let max = self.cfg.max_write_buffer;
+            Action::Send { conn, ppid, msg } => self.send(conn, ppid, 0, false, &msg),
+            Action::SendData {
+                conn,
+                ppid,
+                stream,
+                unordered,
+                msg,
+            } => self.send(conn, ppid, stream, unordered, &msg),
+            Action::ManualAck { conn, on } => {
+                if let Some(c) = self.conn_mut(conn) {
+                    c.transport.set_manual_ack(on);
+                }
+            }
+            Action::Ack { conn } => {
                 let Some(c) = self.conn_mut(conn) else {
-                    return; // closed meanwhile
+                    return;
                 };
                 let t = &mut c.transport;
-                let res = t.queue(ppid, &msg, max);
-                let newly_dirty = !t.flags().dirty;
-                t.flags().dirty = true;
-                if newly_dirty {
+                if t.ack() && !t.flags().dirty {
+                    t.flags().dirty = true;
                     self.dirty.push(conn);
                 }
-                if let Err(reason) = res {
-                    self.stats.overflow_closes += 1;
-                    self.to_close.push((conn, reason));
+            }
+            Action::Listen {
+                id,
+                url,
+                manual_ack,
+            } => self.listen(id, &url, manual_ack),
+            Action::Unlisten { id } => {
+                if let Some(idx) = self.dynamic.remove(&id) {
+                    if let Some(Entry::Listener { mut sock, .. }) = self.entries.remove(idx) {
+                        sock.deregister(&self.poll);
+                    }
                 }
             }
             Action::Close { conn, reason } => self.to_close.push((conn, reason)),
             Action::Connect { conn, addr } => self.connect(conn, Target::Tcp(addr), now),
-            Action::ConnectSctp { conn, addrs } => self.connect(conn, Target::Sctp(addrs), now),
+            Action::ConnectSctp { conn, addrs, local } => {
+                self.connect(conn, Target::Sctp(addrs, local), now)
+            }
             Action::Announce { msg } => {
                 if let (Some(sock), Some(group)) = (&self.announce, self.cfg.announce) {
                     match sock.send_to(&msg, group) {
@@ -748,6 +814,51 @@ impl<D: Driver> EventLoop<D> {
                     }
                 }
             }
+        }
+    }
+
+    /// Queue one message on a connection (Action::Send / SendData).
+    fn send(&mut self, conn: ConnId, ppid: u32, stream: u16, unordered: bool, msg: &[u8]) {
+        let max = self.cfg.max_write_buffer;
+        let Some(c) = self.conn_mut(conn) else {
+            return; // closed meanwhile
+        };
+        let t = &mut c.transport;
+        let res = t.queue_data(ppid, stream, unordered, msg, max);
+        let newly_dirty = !t.flags().dirty;
+        t.flags().dirty = true;
+        if newly_dirty {
+            self.dirty.push(conn);
+        }
+        if let Err(reason) = res {
+            self.stats.overflow_closes += 1;
+            self.to_close.push((conn, reason));
+        }
+    }
+
+    /// Open a dynamic listener (Action::Listen); the answer is reported after
+    /// the current action.
+    fn listen(&mut self, id: ListenerId, url: &EndpointUrl, manual_ack: bool) {
+        if self.dynamic.contains_key(&id) {
+            self.listen_results
+                .push((id, Err(format!("listener id {} is in use", id.0))));
+            return;
+        }
+        let r = bind(
+            &self.poll,
+            &mut self.entries,
+            usize::MAX,
+            url,
+            &self.cfg,
+            Some(id),
+            manual_ack,
+        );
+        match r {
+            Ok((slot, locals)) => {
+                self.dynamic.insert(id, slot);
+                self.listen_results.push((id, Ok(locals)));
+            }
+            Err(e) => self.listen_results.push((id, Err(e.to_string()))),
         }
     }
 
@@ -779,21 +890,29 @@ impl<D: Driver> EventLoop<D> {
     }
 
     fn flush_dirty(&mut self) {
-        let dirty = std::mem::take(&mut self.dirty);
-        for &id in &dirty {
-            if let Some(c) = self.conn_mut(id) {
-                c.transport.flags().dirty = false;
+        loop {
+            let dirty = std::mem::take(&mut self.dirty);
+            for &id in &dirty {
+                if let Some(c) = self.conn_mut(id) {
+                    c.transport.flags().dirty = false;
+                }
+                self.flush_one(id);
             }
-            self.flush_one(id);
-        }
-        // Reuse the allocation unless something re-dirtied meanwhile.
-        if self.dirty.is_empty() {
-            self.dirty = dirty;
-            self.dirty.clear();
-        }
-        if !self.to_close.is_empty() {
+            // Reuse the allocation unless something re-dirtied meanwhile.
+            if self.dirty.is_empty() {
+                self.dirty = dirty;
+                self.dirty.clear();
+            }
+            if self.to_close.is_empty() && self.kernel_acks.is_empty() {
+                return;
+            }
+            // Closes and SCTP acknowledgements go to the driver, whose answers
+            // may queue more output: flush again.
             let now = self.now();
             self.drain(now);
+            if self.dirty.is_empty() {
+                return;
+            }
         }
     }
 
@@ -812,7 +931,12 @@ impl<D: Driver> EventLoop<D> {
             return; // flushed once connected
         }
         let t = &mut c.transport;
-        match t.flush() {
+        let res = t.flush();
+        let acked = t.take_kernel_acks();
+        if acked > 0 {
+            self.kernel_acks.push((id, acked));
+        }
+        match res {
             Ok(backlog) => {
                 let want = backlog > 0;
                 if want != t.flags().want_write {
@@ -897,13 +1021,16 @@ impl<D: Driver> EventLoop<D> {
     }
 }
 
+/// Bind a listener for `url` and register it; its slot and bound addresses.
 fn bind(
     poll: &Poll,
     entries: &mut Slab<Entry>,
     index: usize,
     url: &EndpointUrl,
     cfg: &RuntimeConfig,
-) -> Result<Vec<(Proto, SocketAddr)>, StartError> {
+    dynamic: Option<ListenerId>,
+    manual_ack: bool,
+) -> Result<(usize, Vec<(Proto, SocketAddr)>), StartError> {
     let (sock, locals) = match url.proto {
         Proto::Sctp => {
             if !super::probe_sctp().is_available() {
@@ -935,7 +1062,13 @@ fn bind(
         }
     };
     let local = locals[0];
-    let slot = entries.insert_with(|_, _| Entry::Listener { sock, index, local });
+    let slot = entries.insert_with(|_, _| Entry::Listener {
+        sock,
+        index,
+        local,
+        dynamic,
+        manual_ack,
+    });
     if let Some(Entry::Listener { sock, .. }) = entries.get_mut(slot) {
         let res = match sock {
             ListenSock::Tcp(l) => poll.registry().register(l, Token(slot), Interest::READABLE),
@@ -945,12 +1078,15 @@ fn bind(
                 Interest::READABLE,
             ),
         };
-        res.map_err(|err| StartError::Io {
-            what: format!("registering {url}"),
-            err,
-        })?;
+        if let Err(err) = res {
+            entries.remove(slot);
+            return Err(StartError::Io {
+                what: format!("registering {url}"),
+                err,
+            });
+        }
     }
-    Ok(locals.into_iter().map(|a| (url.proto, a)).collect())
+    Ok((slot, locals.into_iter().map(|a| (url.proto, a)).collect()))
 }
 
 /// A UDP socket for sending announces to `group` (never bound to it: we only send).

@@ -14,14 +14,25 @@
 //! [`RegistrarConfig::peers`] names the mentor and peers to dial; the driver
 //! carries the core's [`Output::Connect`] out as [`Action::Connect`] and
 //! reports failures back with `handle_connect_failed`.
+//!
+//! ENRP presence multicast ([`RegistrarOptions::enrp_multicast`], off by
+//! default): the driver owns a UDP socket that sends the core's
+//! [`Output::EnrpMulticast`] datagrams to the group (TTL 1 unless told
+//! otherwise, out of the configured interface), and a thread named
+//! `rserpool-enrp-mcast` receives the group's datagrams on a second socket
+//! and hands each to the core on the loop thread
+//! ([`RegistrarDriver::on_multicast`]). The event loop itself is unchanged.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::sys::{multicast_receiver, multicast_sender, MulticastInterface};
 use super::{
     Action, ConnId, ConnMeta, Driver, EndpointUrl, EventLoop, LoopHandle, Proto, RuntimeConfig,
     StartError,
@@ -50,6 +61,17 @@ pub struct RegistrarDriver {
     now: Time,
     /// Answers to status requests, sent before the core's output.
     status_out: Vec<(ConnId, Vec<u8>)>,
+    /// Where the core's [`Output::EnrpMulticast`] datagrams go.
+    multicast: Option<MulticastOut>,
+}
+
+/// The sending side of ENRP presence multicast.
+#[derive(Debug)]
+struct MulticastOut {
+    sock: UdpSocket,
+    group: SocketAddr,
+    sent: u64,
+    errors: u64,
 }
 
 impl RegistrarDriver {
@@ -59,13 +81,51 @@ impl RegistrarDriver {
             reg,
             now: Time::ZERO,
             status_out: Vec::new(),
+            multicast: None,
+        }
+    }
+
+    /// Send the core's [`Output::EnrpMulticast`] datagrams to `group` on
+    /// `sock` (non-blocking; see [`multicast_sender`]). Without this they
+    /// are dropped.
+    pub fn with_multicast(mut self, sock: UdpSocket, group: SocketAddr) -> Self {
+        self.multicast = Some(MulticastOut {
+            sock,
+            group,
+            sent: 0,
+            errors: 0,
+        });
+        self
+    }
+
+    /// A datagram received from the ENRP multicast group (from any thread,
+    /// through [`LoopHandle::call`]).
+    pub fn on_multicast(&mut self, from: SocketAddr, msg: &[u8], now: Time) {
+        self.now = self.now.max(now);
+        self.reg.handle_multicast(msg, from, now);
+    }
+
+    fn send_multicast(&mut self, msg: &[u8]) {
+        let Some(m) = self.multicast.as_mut() else {
+            return;
+        };
+        match m.sock.send_to(msg, m.group) {
+            Ok(_) => m.sent += 1,
+            Err(e) => {
+                // Said once: a missing route repeats every heartbeat cycle.
+                if m.errors == 0 {
+                    eprintln!("rserpool: ENRP multicast to {}: {e}", m.group);
+                }
+                m.errors += 1;
+            }
         }
     }
 
     /// The registrar's ENRP view as JSON: `{"server_id", "checksum", "pes",
     /// "startup", "peers": [{"id", "address", "state", "checksum",
     /// "checksum_announced", "pes", "last_heard_ms_ago", "taken_over_by", "connected"}],
-    /// "enrp_stats": {...}}`.
+    /// "enrp_stats": {...}, "multicast": null | {"group", "datagrams_sent",
+    /// "send_errors"}}`.
     /// `checksum` of a peer is the one we compute over the PEs we believe it
     /// owns; `checksum_announced` the one its last presence carried.
     pub fn status_json(&self) -> serde_json::Value {
@@ -108,7 +168,18 @@ impl RegistrarDriver {
                 "peers_dead": e.peers_dead,
                 "takeovers_won": e.takeovers_won,
                 "pes_taken_over": e.pes_taken_over,
+                "multicast_sent": e.multicast_sent,
+                "multicast_received": e.multicast_received,
+                "multicast_malformed": e.multicast_malformed,
+                "multicast_ignored": e.multicast_ignored,
+                "multicast_rate_limited": e.multicast_rate_limited,
+                "peers_discovered": e.peers_discovered,
             },
+            "multicast": self.multicast.as_ref().map(|m| serde_json::json!({
+                "group": m.group.to_string(),
+                "datagrams_sent": m.sent,
+                "send_errors": m.errors,
+            })),
         })
     }
 
@@ -187,14 +258,20 @@ impl Driver for RegistrarDriver {
                 msg,
             });
         }
-        let out = self.reg.poll_output()?;
-        Some(self.action_of(out))
+        loop {
+            let out = self.reg.poll_output()?;
+            if let Some(a) = self.action_of(out) {
+                return Some(a);
+            }
+        }
     }
 }
 
 impl RegistrarDriver {
-    fn action_of(&self, out: Output) -> Action {
-        match out {
+    /// The loop's action for an output; `None` for what the driver does
+    /// itself (multicast on its own socket: nothing to wait for).
+    fn action_of(&mut self, out: Output) -> Option<Action> {
+        Some(match out {
             Output::Send { conn, ppid, msg } => Action::Send {
                 conn: ConnId(conn.0),
                 ppid,
@@ -205,12 +282,17 @@ impl RegistrarDriver {
                 reason,
             },
             Output::Announce { msg } => Action::Announce { msg },
+            Output::EnrpMulticast { msg } => {
+                self.send_multicast(&msg);
+                return None;
+            }
             // ENRP peers and H=1 keep-alives to taken-over SCTP PEs: the core
             // names the connection (bit 63 set, as `ConnId::driver` does).
             Output::Connect {
                 conn,
                 addr,
                 kind: ConnKind::Tcp,
+                ..
             } => Action::Connect {
                 conn: ConnId(conn.0),
                 addr,
@@ -219,11 +301,13 @@ impl RegistrarDriver {
                 conn,
                 addr,
                 kind: ConnKind::Sctp,
+                local,
             } => Action::ConnectSctp {
                 conn: ConnId(conn.0),
                 addrs: vec![addr],
+                local,
             },
-        }
+        })
     }
 }
 
@@ -242,10 +326,80 @@ pub struct RegistrarOptions {
     /// configured [`RegistrarConfig::peers`]; Server Information then names
     /// the first ASAP endpoint).
     pub enrp: Vec<EndpointUrl>,
+    /// ENRP presence multicast: `None` (default) sends and hears nothing.
+    pub enrp_multicast: Option<EnrpMulticast>,
     /// The server identifier; `None` = random, non-zero.
     pub server_id: Option<u32>,
     /// Seed of the registrar's PRNG; `None` = random.
     pub rng_seed: Option<u64>,
+}
+
+/// Where and how ENRP presences are multicast ([`RegistrarOptions::enrp_multicast`]).
+///
+/// No group is assigned for ENRP (digest §1); RSPLIB uses 239.0.0.51:9901
+/// ([`EnrpMulticast::RSPLIB_GROUP`]). Our presences name our first ENRP
+/// endpoint as Server Information, so peers dial us there (a TCP endpoint
+/// means the TCP mapping: only registrars of this project follow it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrpMulticast {
+    /// The group and UDP port.
+    pub group: SocketAddr,
+    /// The interface to send out of and join on; `None`: the kernel's choice
+    /// (the route to the group).
+    pub interface: Option<MulticastInterface>,
+    /// IP TTL / hop limit of the datagrams. 1 keeps them on the link.
+    pub ttl: u32,
+}
+
+impl EnrpMulticast {
+    /// RSPLIB's ENRP presence group (`ENRP_ANNOUNCE_MULTICAST_ADDRESS`).
+    pub const RSPLIB_GROUP: &'static str = "239.0.0.51:9901";
+
+    /// `group` on the kernel's interface, TTL 1.
+    pub fn new(group: SocketAddr) -> Self {
+        EnrpMulticast {
+            group,
+            interface: None,
+            ttl: 1,
+        }
+    }
+}
+
+/// A thread handing the datagrams of the ENRP multicast group to the
+/// registrar's loop, until `stop` is set or the loop is gone.
+#[derive(Debug)]
+struct MulticastListener {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl MulticastListener {
+    fn start(sock: UdpSocket, handle: LoopHandle<RegistrarDriver>) -> io::Result<Self> {
+        // The stop flag is checked between waits.
+        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("rserpool-enrp-mcast".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !flag.load(Ordering::Relaxed) {
+                    let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    let msg = buf[..n].to_vec();
+                    if !handle.call(move |d, now| d.on_multicast(from, &msg, now)) {
+                        return; // the loop is gone
+                    }
+                }
+            })?;
+        Ok(MulticastListener { stop, thread })
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
 }
 
 /// 64 bits from the standard library's per-process random hasher keys, the
@@ -326,8 +480,10 @@ pub(crate) fn group_urls(addrs: &[(Proto, SocketAddr)]) -> Vec<String> {
     out.iter().map(|u| u.to_string()).collect()
 }
 
-/// Our ENRP transport for Server Information: the first ENRP listener (a
-/// wildcard address stays unspecified: peers then use the packet source).
+/// Our ENRP transport for Server Information: the first ENRP listener, with
+/// every address of a multi-homed SCTP one (a wildcard address stays
+/// unspecified: peers then use the packet source). The core also dials SCTP
+/// peers from it.
 fn enrp_transport_of(addrs: &[(Proto, SocketAddr)]) -> Option<Transport> {
     let &(proto, a) = addrs.first()?;
     Some(match proto {
@@ -339,7 +495,13 @@ fn enrp_transport_of(addrs: &[(Proto, SocketAddr)]) -> Option<Transport> {
         Proto::Sctp => Transport::Sctp {
             port: a.port(),
             transport_use: transport_use::DATA_ONLY,
-            addrs: vec![a.ip()],
+            // The loop reports a multi-homed endpoint as consecutive entries
+            // with one port.
+            addrs: addrs
+                .iter()
+                .take_while(|(p, b)| *p == Proto::Sctp && b.port() == a.port())
+                .map(|(_, b)| b.ip())
+                .collect(),
         },
     })
 }
@@ -352,6 +514,7 @@ pub struct RegistrarHandle {
     addrs: Vec<(Proto, SocketAddr)>,
     enrp_addrs: Vec<(Proto, SocketAddr)>,
     server_id: u32,
+    multicast: Option<MulticastListener>,
 }
 
 /// How long the handle's queries wait for the loop thread.
@@ -370,6 +533,35 @@ impl RegistrarHandle {
         } else if rcfg.announce_interval.is_none() {
             rcfg.announce_interval = Some(Duration::from_secs(1)); // T6
         }
+        // Both multicast sockets before anything else: a wrong group or
+        // interface is a start-up error.
+        let multicast = match &opts.enrp_multicast {
+            Some(m) => {
+                let what = |w: &str| format!("ENRP multicast {} ({w})", m.group);
+                let rx =
+                    multicast_receiver(m.group, m.interface).map_err(|err| StartError::Io {
+                        what: what("joining"),
+                        err,
+                    })?;
+                let tx =
+                    multicast_sender(m.group.is_ipv6(), m.interface, m.ttl).map_err(|err| {
+                        StartError::Io {
+                            what: what("sending socket"),
+                            err,
+                        }
+                    })?;
+                rcfg.enrp_multicast = true;
+                Some((rx, tx, m.group))
+            }
+            None => {
+                rcfg.enrp_multicast = false;
+                None
+            }
+        };
+        let (multicast_rx, multicast_tx) = match multicast {
+            Some((rx, tx, group)) => (Some(rx), Some((tx, group))),
+            None => (None, None),
+        };
         let origin = Instant::now();
         let mut runtime = opts.runtime;
         // Bound addresses come in URL order, one per TCP URL and one per
@@ -393,12 +585,25 @@ impl RegistrarHandle {
                 // endpoint (the core tells ASAP and ENRP apart by PPID).
                 rcfg.enrp_transport = enrp_transport_of(if enrp.is_empty() { asap } else { enrp });
             }
-            RegistrarDriver::new(Registrar::new(rcfg, server_id, seed, Time::ZERO))
+            let d = RegistrarDriver::new(Registrar::new(rcfg, server_id, seed, Time::ZERO));
+            match multicast_tx {
+                Some((sock, group)) => d.with_multicast(sock, group),
+                None => d,
+            }
         })?;
         let all = ev.local_addrs().to_vec();
         let (asap, enrp) = all.split_at(n_asap.min(all.len()));
         let (addrs, enrp_addrs) = (asap.to_vec(), enrp.to_vec());
         let handle = ev.handle();
+        let multicast = match multicast_rx {
+            Some(sock) => Some(
+                MulticastListener::start(sock, handle.clone()).map_err(|err| StartError::Io {
+                    what: "starting the ENRP multicast thread".into(),
+                    err,
+                })?,
+            ),
+            None => None,
+        };
         let thread = std::thread::Builder::new()
             .name("rserpool-registrar".into())
             .spawn(move || {
@@ -408,13 +613,23 @@ impl RegistrarHandle {
             .map_err(|err| StartError::Io {
                 what: "starting the registrar thread".into(),
                 err,
-            })?;
+            });
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => {
+                if let Some(m) = multicast {
+                    m.stop();
+                }
+                return Err(e);
+            }
+        };
         Ok(RegistrarHandle {
             handle,
             thread: Some(thread),
             addrs,
             enrp_addrs,
             server_id,
+            multicast,
         })
     }
 
@@ -488,6 +703,9 @@ impl RegistrarHandle {
     }
 
     fn stop_inner(&mut self) -> io::Result<()> {
+        if let Some(m) = self.multicast.take() {
+            m.stop();
+        }
         self.handle.stop();
         match self.thread.take() {
             Some(t) => t

@@ -1,6 +1,7 @@
 //! Kernel SCTP through libc: one-to-one style sockets (`SOCK_STREAM`,
 //! `IPPROTO_SCTP`), one SCTP user message per ASAP/ENRP message, with its PPID,
-//! on stream 0.
+//! on stream 0 (application messages of sessions: on the stream they chose,
+//! ordered or not).
 //!
 //! libc wraps none of the SCTP socket API (that lives in libsctp, which we do
 //! not link), so the option numbers and structures below are copied from the
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use libc::{c_int, c_void, socklen_t};
 
+use super::DataInfo;
 use crate::wire::tcpmap::ppid;
 use crate::wire::{AsapMessage, EnrpMessage};
 
@@ -47,6 +49,12 @@ const SCTP_SNDRCV: c_int = 1;
 const SCTP_SNDINFO: c_int = 2;
 /// `enum sctp_cmsg_type`: SCTP_RCVINFO (struct sctp_rcvinfo).
 const SCTP_RCVINFO: c_int = 3;
+/// `SCTP_UNORDERED` (sctp_sndinfo.snd_flags, sctp_rcvinfo.rcv_flags).
+const SCTP_UNORDERED: u16 = 1;
+/// Byte offsets of the stream identifier and of the flags in both `struct
+/// sctp_rcvinfo` and `struct sctp_sndrcvinfo`.
+const RCV_SID_OFFSET: usize = 0;
+const RCV_FLAGS_OFFSET: usize = 4;
 /// `MSG_NOTIFICATION` (recvmsg flag): the data is an event, not a message.
 const MSG_NOTIFICATION: c_int = 0x8000;
 /// `SPP_HB_ENABLE` (sctp_paddrparams.spp_flags).
@@ -228,8 +236,9 @@ pub(crate) struct Piece {
     pub len: usize,
     /// MSG_EOR: this piece ends the message.
     pub eor: bool,
-    /// The PPID (host byte order), if the kernel attached SCTP_RCVINFO/SNDRCV.
-    pub ppid: Option<u32>,
+    /// PPID (host byte order), stream and unordered flag, if the kernel
+    /// attached SCTP_RCVINFO/SNDRCV.
+    pub info: Option<DataInfo>,
     /// MSG_NOTIFICATION: an SCTP event, not user data.
     pub notification: bool,
 }
@@ -337,6 +346,14 @@ impl SctpSocket {
     }
 
     /// A listener bound to all of `addrs`, with SO_REUSEADDR and `params`.
+    ///
+    /// SO_REUSEPORT is switched on only once the socket listens, so that
+    /// [`connect_from`](Self::connect_from) in this process can open
+    /// associations from the listening port, while another listener on the
+    /// same port (a second registrar started by mistake) still fails with
+    /// `EADDRINUSE` (Linux checks the flag of both sockets at bind time, and a
+    /// listener hashed without it joins no reuseport group, so incoming
+    /// associations all still come here).
     pub fn listen_on(addrs: &[SocketAddr], params: &SctpParams) -> io::Result<SctpSocket> {
         let s = SctpSocket::new_for(addrs)?;
         s.set_int(libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
@@ -344,13 +361,48 @@ impl SctpSocket {
         s.bind_all(addrs)?;
         // SAFETY: listen(2) on our descriptor.
         cvt(unsafe { libc::listen(s.fd.as_raw_fd(), 1024) })?;
+        // Not fatal: without it, connect_from falls back to an ephemeral port.
+        let _ = s.set_int(libc::SOL_SOCKET, libc::SO_REUSEPORT, 1);
         Ok(s)
     }
 
     /// Start connecting to the peer at `addrs` (one association, several
     /// addresses: sctp_connectx). Non-blocking: completion shows as writability.
     pub fn connect_start(addrs: &[SocketAddr], params: &SctpParams) -> io::Result<SctpSocket> {
-        let s = SctpSocket::new_for(addrs)?;
+        Self::connect_from(&[], addrs, params)
+    }
+
+    /// Like [`connect_start`](Self::connect_start), from the local addresses
+    /// `local` (all with one port; empty: the kernel picks the addresses and
+    /// an ephemeral port). Binding to the port of one of our own
+    /// [`listen_on`](Self::listen_on) listeners works (SO_REUSEADDR and
+    /// SO_REUSEPORT on both sockets): that is how an ENRP server makes its
+    /// associations to peers start from its ENRP port, which RSPLIB requires.
+    /// If the bind fails (an address that is not ours, a port taken by
+    /// another program), the socket is opened unbound instead; the caller
+    /// can tell from [`local_addr`](Self::local_addr). If an association
+    /// between exactly these addresses and ports exists already (the peer
+    /// dialled us first), the kernel refuses the connect (`EADDRNOTAVAIL`).
+    pub fn connect_from(
+        local: &[SocketAddr],
+        addrs: &[SocketAddr],
+        params: &SctpParams,
+    ) -> io::Result<SctpSocket> {
+        let mut s = None;
+        if !local.is_empty() {
+            let all: Vec<SocketAddr> = local.iter().chain(addrs).copied().collect();
+            let b = SctpSocket::new_for(&all)?;
+            b.set_int(libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+            if b.set_int(libc::SOL_SOCKET, libc::SO_REUSEPORT, 1).is_ok()
+                && b.bind_all(local).is_ok()
+            {
+                s = Some(b);
+            }
+        }
+        let s = match s {
+            Some(s) => s,
+            None => SctpSocket::new_for(addrs)?,
+        };
         s.apply_params(params)?;
         let mut packed = Vec::with_capacity(28 * addrs.len());
         for a in addrs {
@@ -461,7 +513,22 @@ impl SctpSocket {
     /// Send `msg` as one user message with `ppid` on stream 0, ordered.
     /// SCTP never sends part of a message: the result is all or `WouldBlock`.
     pub fn send_msg(&self, ppid: u32, msg: &[u8]) -> io::Result<usize> {
+        self.send_msg_on(ppid, 0, false, msg)
+    }
+
+    /// Send `msg` as one user message with `ppid` on `stream` (below the
+    /// association's outbound stream count, else `EINVAL`), unordered if
+    /// asked. All or `WouldBlock`, as [`SctpSocket::send_msg`].
+    pub fn send_msg_on(
+        &self,
+        ppid: u32,
+        stream: u16,
+        unordered: bool,
+        msg: &[u8],
+    ) -> io::Result<usize> {
         let info = SctpSndInfo {
+            snd_sid: stream,
+            snd_flags: if unordered { SCTP_UNORDERED } else { 0 },
             snd_ppid: ppid.to_be(),
             ..SctpSndInfo::default()
         };
@@ -540,11 +607,11 @@ impl SctpSocket {
                 return Err(e);
             }
         };
-        let mut ppid = None;
+        let mut info = None;
         // SAFETY: the kernel filled `msg_controllen` bytes of `cbuf` with cmsgs;
-        // CMSG_FIRSTHDR/NXTHDR stay within that length, and we read the PPID only
-        // when the cmsg is long enough to hold it (read_unaligned: no alignment
-        // assumption about the data area).
+        // CMSG_FIRSTHDR/NXTHDR stay within that length, and we read the fields
+        // only when the cmsg is long enough to hold the PPID, the last of them
+        // (read_unaligned: no alignment assumption about the data area).
         unsafe {
             let mut cm = libc::CMSG_FIRSTHDR(&mh);
             while !cm.is_null() {
@@ -552,8 +619,15 @@ impl SctpSocket {
                     && ((*cm).cmsg_type == SCTP_RCVINFO || (*cm).cmsg_type == SCTP_SNDRCV)
                     && (*cm).cmsg_len >= libc::CMSG_LEN((RCV_PPID_OFFSET + 4) as u32) as usize
                 {
-                    let p = libc::CMSG_DATA(cm).add(RCV_PPID_OFFSET).cast::<u32>();
-                    ppid = Some(u32::from_be(std::ptr::read_unaligned(p)));
+                    let data = libc::CMSG_DATA(cm);
+                    let p = data.add(RCV_PPID_OFFSET).cast::<u32>();
+                    let sid = data.add(RCV_SID_OFFSET).cast::<u16>();
+                    let flags = data.add(RCV_FLAGS_OFFSET).cast::<u16>();
+                    info = Some(DataInfo {
+                        ppid: u32::from_be(std::ptr::read_unaligned(p)),
+                        stream: std::ptr::read_unaligned(sid),
+                        unordered: std::ptr::read_unaligned(flags) & SCTP_UNORDERED != 0,
+                    });
                 }
                 cm = libc::CMSG_NXTHDR(&mh, cm);
             }
@@ -561,7 +635,7 @@ impl SctpSocket {
         Ok(Piece {
             len: n,
             eor: mh.msg_flags & libc::MSG_EOR != 0,
-            ppid,
+            info,
             notification: mh.msg_flags & MSG_NOTIFICATION != 0,
         })
     }
@@ -580,7 +654,7 @@ pub(crate) struct Reassembly {
     buf: Vec<u8>,
     partial: Vec<u8>,
     assembled: Vec<u8>,
-    partial_ppid: Option<u32>,
+    partial_info: Option<DataInfo>,
     in_notification: bool,
     max: usize,
 }
@@ -588,8 +662,8 @@ pub(crate) struct Reassembly {
 /// What one receive produced.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Received<'a> {
-    /// A whole message: PPID and bytes.
-    Message(u32, &'a [u8]),
+    /// A whole message: PPID, stream, flags, and bytes.
+    Message(DataInfo, &'a [u8]),
     /// A piece of something (part of a message, or an event) of this many
     /// bytes: nothing to deliver yet.
     Nothing(usize),
@@ -604,7 +678,7 @@ impl Reassembly {
             buf: vec![0; 64 << 10],
             partial: Vec::new(),
             assembled: Vec::new(),
-            partial_ppid: None,
+            partial_info: None,
             in_notification: false,
             max: max.max(1),
         }
@@ -631,21 +705,25 @@ impl Reassembly {
                 ),
             ));
         }
-        if self.partial_ppid.is_none() {
-            self.partial_ppid = piece.ppid;
+        if self.partial_info.is_none() {
+            self.partial_info = piece.info;
         }
         if !piece.eor {
             self.partial.extend_from_slice(&self.buf[..piece.len]);
             return Ok(Received::Nothing(piece.len));
         }
-        let ppid = self.partial_ppid.take().or(piece.ppid).unwrap_or(0);
+        let info = self.partial_info.take().or(piece.info).unwrap_or(DataInfo {
+            ppid: 0,
+            stream: 0,
+            unordered: false,
+        });
         if self.partial.is_empty() {
-            return Ok(Received::Message(ppid, &self.buf[..piece.len]));
+            return Ok(Received::Message(info, &self.buf[..piece.len]));
         }
         self.partial.extend_from_slice(&self.buf[..piece.len]);
         std::mem::swap(&mut self.partial, &mut self.assembled);
         self.partial.clear();
-        Ok(Received::Message(ppid, &self.assembled))
+        Ok(Received::Message(info, &self.assembled))
     }
 }
 
@@ -714,6 +792,16 @@ impl SctpClient {
         })
     }
 
+    /// A client on an association that is already up (one accepted from a
+    /// [`SctpSocket::listen_on`] listener, say: a test posing as a peer).
+    /// The socket stays non-blocking; the calls below wait with poll(2).
+    pub fn from_socket(sock: SctpSocket) -> SctpClient {
+        SctpClient {
+            sock,
+            rx: Reassembly::new(1 << 20),
+        }
+    }
+
     /// The socket (addresses, shutdown).
     pub fn socket(&self) -> &SctpSocket {
         &self.sock
@@ -753,7 +841,7 @@ impl SctpClient {
         let deadline = Instant::now() + timeout;
         loop {
             match self.rx.recv(&self.sock) {
-                Ok(Received::Message(p, m)) => return Ok((p, m.to_vec())),
+                Ok(Received::Message(i, m)) => return Ok((i.ppid, m.to_vec())),
                 Ok(Received::Nothing(_)) => continue,
                 Ok(Received::Eof) => {
                     return Err(io::Error::new(

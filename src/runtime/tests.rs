@@ -464,6 +464,7 @@ fn sctp_listener_without_kernel_support_is_unsupported() {
     assert!(h.call(move |d, _| d.out.push_back(Action::ConnectSctp {
         conn: id,
         addrs: vec!["127.0.0.1:9".parse().unwrap()],
+        local: vec![],
     })));
     wait_for(|| h.query(T, |d, _| d.failed.clone()).unwrap() == vec![id]);
     h.stop();
@@ -516,7 +517,8 @@ fn sctp_echo_through_the_loop_both_directions() {
     let to = addrs.clone();
     assert!(h.call(move |d, _| d.out.push_back(Action::ConnectSctp {
         conn: id,
-        addrs: to
+        addrs: to,
+        local: vec![],
     })));
     wait_for(|| {
         h.query(T, |d, _| d.received.clone())
@@ -552,9 +554,288 @@ fn sctp_connect_to_a_dead_port_fails_once() {
     assert!(h.call(move |d, _| d.out.push_back(Action::ConnectSctp {
         conn: id,
         addrs: vec!["127.0.0.1:9".parse().unwrap()],
+        local: vec![],
     })));
     wait_for(|| h.query(T, |d, _| d.failed.clone()).unwrap() == vec![id]);
     assert!(h.query(T, |d, _| d.connected.is_empty()).unwrap());
+    h.stop();
+    t.join().unwrap();
+}
+
+/// Opens listeners at run time and records everything it is told; sends
+/// nothing unless asked through `out`.
+#[derive(Default)]
+struct Recorder {
+    out: VecDeque<Action>,
+    listens: Vec<(ListenerId, ListenResult)>,
+    connected: Vec<(ConnId, ConnMeta)>,
+    data: Vec<(ConnId, DataInfo, Vec<u8>)>,
+    acks: Vec<(ConnId, Option<u32>)>,
+}
+
+impl Driver for Recorder {
+    fn on_connected(&mut self, conn: ConnId, meta: &ConnMeta, _: Time) {
+        self.connected.push((conn, meta.clone()));
+    }
+    fn on_message(&mut self, _: ConnId, _: u32, _: &[u8], _: Time) {
+        unreachable!("on_data is implemented");
+    }
+    fn on_data(&mut self, conn: ConnId, info: DataInfo, msg: &[u8], _: Time) {
+        self.data.push((conn, info, msg.to_vec()));
+    }
+    fn on_ack(&mut self, conn: ConnId, cum_tsn: Option<u32>, _: Time) {
+        self.acks.push((conn, cum_tsn));
+    }
+    fn on_listen(&mut self, id: ListenerId, result: ListenResult, _: Time) {
+        self.listens.push((id, result));
+    }
+    fn on_closed(&mut self, _: ConnId, _: Time) {}
+    fn on_timeout(&mut self, _: Time) {}
+    fn poll_timeout(&self) -> Option<Time> {
+        None
+    }
+    fn poll_action(&mut self) -> Option<Action> {
+        self.out.pop_front()
+    }
+}
+
+#[test]
+fn dynamic_listener_manual_acks_streams_and_received_acks() {
+    let mut ev = EventLoop::new(
+        RuntimeConfig::default(),
+        Instant::now(),
+        Recorder::default(),
+    )
+    .unwrap();
+    let h = ev.handle();
+    let t = std::thread::spawn(move || ev.run().unwrap());
+    let id = ListenerId(1);
+    let url = EndpointUrl::parse("tcp://127.0.0.1:0").unwrap();
+    let u2 = url.clone();
+    assert!(h.call(move |d, _| {
+        d.out.push_back(Action::Listen {
+            id,
+            url: u2.clone(),
+            manual_ack: true,
+        });
+        // The same id again is refused.
+        d.out.push_back(Action::Listen {
+            id,
+            url: u2,
+            manual_ack: false,
+        });
+    }));
+    wait_for(|| h.query(T, |d, _| d.listens.len()).unwrap() == 2);
+    let listens = h.query(T, |d, _| d.listens.clone()).unwrap();
+    let bound = listens[0].1.clone().expect("listening");
+    assert_eq!(bound.len(), 1);
+    assert_eq!(bound[0].0, Proto::Tcp);
+    let addr = bound[0].1;
+    assert_ne!(addr.port(), 0, "the kernel's port is reported");
+    assert!(listens[1].1.as_ref().unwrap_err().contains("in use"));
+
+    // A raw peer: INIT, then three DATA chunks on streams 3 (ordered, twice)
+    // and 4 (unordered).
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut out = Vec::new();
+    Chunk::Init {
+        flags: InitFlags::NONE,
+    }
+    .encode(&mut out)
+    .unwrap();
+    for (tsn, stream, unordered) in [(0u32, 3u16, false), (1, 3, false), (2, 4, true)] {
+        let d = crate::wire::tcpmap::DataHeader {
+            unordered,
+            tsn,
+            stream,
+            ssn: tsn as u16,
+            ppid: 77,
+        };
+        crate::wire::tcpmap::encode_data(&mut out, InitFlags::NONE, &d, b"req").unwrap();
+    }
+    s.write_all(&out).unwrap();
+    wait_for(|| h.query(T, |d, _| d.data.len()).unwrap() == 3);
+    let (connected, data) = h
+        .query(T, |d, _| (d.connected.clone(), d.data.clone()))
+        .unwrap();
+    assert_eq!(connected.len(), 1);
+    let (conn, meta) = connected[0].clone();
+    assert_eq!(meta.dynamic_listener, Some(id));
+    assert_eq!(meta.listener, usize::MAX);
+    let infos: Vec<DataInfo> = data.iter().map(|d| d.1).collect();
+    assert_eq!(
+        infos,
+        vec![
+            DataInfo {
+                ppid: 77,
+                stream: 3,
+                unordered: false
+            },
+            DataInfo {
+                ppid: 77,
+                stream: 3,
+                unordered: false
+            },
+            DataInfo {
+                ppid: 77,
+                stream: 4,
+                unordered: true
+            },
+        ]
+    );
+    // Manual mode: nothing acknowledged until the driver says so. A reply
+    // queued now therefore comes before any ACK; then one ACK per Action::Ack,
+    // oldest first, and a spare Action::Ack does nothing.
+    assert!(h.call(move |d, _| {
+        d.out.push_back(Action::SendData {
+            conn,
+            ppid: 78,
+            stream: 5,
+            unordered: true,
+            msg: b"a".to_vec(),
+        });
+        d.out.push_back(Action::Ack { conn });
+        d.out.push_back(Action::SendData {
+            conn,
+            ppid: 78,
+            stream: 5,
+            unordered: false,
+            msg: b"b".to_vec(),
+        });
+        d.out.push_back(Action::Ack { conn });
+        d.out.push_back(Action::Ack { conn });
+        d.out.push_back(Action::Ack { conn });
+        d.out.push_back(Action::Send {
+            conn,
+            ppid: 11,
+            msg: b"c".to_vec(),
+        });
+    }));
+    let mut dec = ChunkDecoder::new(1 << 17);
+    let got = raw_chunks(&mut s, &mut dec, 7);
+    assert_eq!(
+        got[0],
+        Chunk::Init {
+            flags: InitFlags::NONE
+        }
+    );
+    let data_hdr = |c: &Chunk| match c {
+        Chunk::Data(d) => (d.tsn, d.stream, d.unordered, d.ppid, d.payload.clone()),
+        other => panic!("not DATA: {other:?}"),
+    };
+    assert_eq!(
+        data_hdr(&got[1]),
+        (Some(0), Some((5, 0)), true, Some(78), b"a".to_vec())
+    );
+    assert_eq!(got[2], Chunk::Ack { cum_tsn: Some(0) });
+    // Every DATA chunk takes the next TSN; ordered ones the stream's next SSN.
+    assert_eq!(
+        data_hdr(&got[3]),
+        (Some(1), Some((5, 0)), false, Some(78), b"b".to_vec())
+    );
+    assert_eq!(got[4], Chunk::Ack { cum_tsn: Some(1) });
+    assert_eq!(got[5], Chunk::Ack { cum_tsn: Some(2) });
+    assert_eq!(
+        data_hdr(&got[6]),
+        (Some(2), Some((0, 0)), false, Some(11), b"c".to_vec())
+    );
+    // ACK chunks from the peer reach the driver.
+    let mut out = Vec::new();
+    Chunk::Ack { cum_tsn: Some(1) }.encode(&mut out).unwrap();
+    Chunk::Ack { cum_tsn: None }.encode(&mut out).unwrap();
+    s.write_all(&out).unwrap();
+    wait_for(|| h.query(T, |d, _| d.acks.len()).unwrap() == 2);
+    assert_eq!(
+        h.query(T, |d, _| d.acks.clone()).unwrap(),
+        vec![(conn, Some(1)), (conn, None)]
+    );
+    // Unlisten: no new connections; the accepted one stays.
+    assert!(h.call(move |d, _| d.out.push_back(Action::Unlisten { id })));
+    wait_for(|| TcpStream::connect(addr).is_err());
+    s.write_all(&out[..8]).unwrap();
+    wait_for(|| h.query(T, |d, _| d.acks.len()).unwrap() == 3);
+    // SCTP where the kernel has none: a clear error.
+    if !probe_sctp().is_available() {
+        let sctp = EndpointUrl::parse("sctp://127.0.0.1:0").unwrap();
+        assert!(h.call(move |d, _| d.out.push_back(Action::Listen {
+            id: ListenerId(2),
+            url: sctp,
+            manual_ack: true,
+        })));
+        wait_for(|| h.query(T, |d, _| d.listens.len()).unwrap() == 3);
+        let l = h.query(T, |d, _| d.listens[2].clone()).unwrap();
+        assert!(l.1.unwrap_err().contains("no SCTP"), "clear error");
+    }
+    h.stop();
+    t.join().unwrap();
+}
+
+#[test]
+fn sctp_connect_from_the_listening_port() {
+    if no_sctp() {
+        return;
+    }
+    // A loop listening on SCTP (our "ENRP endpoint") dials a peer from that
+    // endpoint's address and port, as ENRP does toward RSPLIB.
+    let cfg = RuntimeConfig {
+        listen: vec![EndpointUrl::parse("sctp://127.0.0.1:0").unwrap()],
+        ..RuntimeConfig::default()
+    };
+    let mut ev = EventLoop::new(cfg, Instant::now(), Dialer::default()).unwrap();
+    let ours = ev.local_addrs()[0].1;
+    let h = ev.handle();
+    let t = std::thread::spawn(move || ev.run().unwrap());
+    let peer = sctp::SctpSocket::listen_on(
+        &["127.0.0.1:0".parse().unwrap()],
+        &sctp::SctpParams::default(),
+    )
+    .unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let id = ConnId::driver(21);
+    assert!(h.call(move |d, _| d.out.push_back(Action::ConnectSctp {
+        conn: id,
+        addrs: vec![peer_addr],
+        local: vec![ours],
+    })));
+    wait_for(|| h.query(T, |d, _| d.connected.len()).unwrap() == 1);
+    let meta = h.query(T, |d, _| d.connected[0].1.clone()).unwrap();
+    assert_eq!(meta.local, ours, "{meta:?}");
+    let accepted = loop {
+        match peer.accept() {
+            Ok(s) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    // What the peer sees: the association comes from our listening port.
+    assert_eq!(accepted.peer_addr().unwrap(), ours);
+    // The listener still accepts associations of its own.
+    let _c = sctp::SctpClient::connect(&[ours], T).unwrap();
+    wait_for(|| h.query(T, |d, _| d.connected.len()).unwrap() == 2);
+    // Another listener on the port is still refused.
+    let e = sctp::SctpSocket::listen_on(&[ours], &sctp::SctpParams::default()).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+    // A second association between the same two endpoints is refused by the
+    // kernel: the connect fails once, the existing one is untouched.
+    let id2 = ConnId::driver(22);
+    assert!(h.call(move |d, _| d.out.push_back(Action::ConnectSctp {
+        conn: id2,
+        addrs: vec![peer_addr],
+        local: vec![ours],
+    })));
+    wait_for(|| h.query(T, |d, _| d.failed.clone()).unwrap() == vec![id2]);
+    // A local address that is not ours: opened unbound instead.
+    let id3 = ConnId::driver(23);
+    assert!(h.call(move |d, _| d.out.push_back(Action::ConnectSctp {
+        conn: id3,
+        addrs: vec![peer_addr],
+        local: vec!["192.0.2.1:9901".parse().unwrap()],
+    })));
+    wait_for(|| h.query(T, |d, _| d.connected.len()).unwrap() == 3);
+    let meta = h.query(T, |d, _| d.connected[2].1.clone()).unwrap();
+    assert_ne!(meta.local.port(), ours.port(), "{meta:?}");
     h.stop();
     t.join().unwrap();
 }

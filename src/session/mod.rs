@@ -13,6 +13,10 @@
 //! never acknowledged (TCP mapping ACK chunks, digest §10.4), then the queued
 //! ones. The PE side of an accepted connection is [`PeSession`].
 //!
+//! A session usually starts from its pool ([`Session::open`]); one opened
+//! to a given PE ([`Session::open_direct`], e.g. a transport address) has a
+//! pool to fail over into only if the application gave one.
+//!
 //! It does no I/O and reads no clock. Method families as in quinn (STYLE.md
 //! §2) and [`crate::asap::Client`]:
 //!
@@ -25,6 +29,8 @@
 //!   [`Session::handle_data`], [`Session::handle_ack`],
 //!   [`Session::handle_timeout`];
 //! - commands: [`Session::send`], [`Session::failover_now`],
+//!   [`Session::switch_to`] (move to a PE the application chose),
+//!   [`Session::set_business_card`] (a pool user that is also a PE),
 //!   [`Session::close`], [`Session::take_unsent`];
 //! - `poll_*`: after every input or command drain [`Session::poll_output`]
 //!   until `None`, then [`Session::poll_event`] until `None` (and loop back
@@ -66,7 +72,8 @@
 //!    available through [`Session::take_unsent`]).
 //! 4. Connected: ASAP_COOKIE_ECHO with the latest cookie is the first DATA
 //!    chunk (only if the PE announced a control channel, Transport Use
-//!    DATA_PLUS_CONTROL, and a cookie was received), then
+//!    DATA_PLUS_CONTROL, and a cookie was received), our own business card
+//!    next (if set), then
 //!    [`Event::Failover`]. Messages the application sends from the moment the
 //!    event is queued until its next `poll_output` call (its fail-over
 //!    callback) go out before the re-sent ones; then the re-sent messages,
@@ -75,7 +82,7 @@
 
 mod pe;
 
-pub use pe::{PeEvent, PeOutput, PeSession, SessionAcceptor};
+pub use pe::{PeEvent, PeOutput, PeSession, PeStats, SessionAcceptor};
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
@@ -108,7 +115,11 @@ pub struct SessionConfig {
     pub auto_failover: bool,
     /// Most messages buffered (queued plus unacknowledged). Default 1024.
     pub max_buffered: usize,
-    /// Most payload bytes buffered. Default 4 MiB.
+    /// Most payload bytes buffered. Default 2 MiB: the runtime closes a
+    /// connection whose write buffer passes 4 MiB, and a PE that answers
+    /// every message (an echo from its loop thread cannot wait) has as much
+    /// in flight back as the pool user has toward it, plus framing; half the
+    /// runtime's bound keeps both sides clear of it.
     pub max_buffered_bytes: usize,
     /// A connect attempt not answered within this counts as failed. Default 5 s.
     pub connect_timeout: Duration,
@@ -130,7 +141,7 @@ impl Default for SessionConfig {
             upper_layer_acks: true,
             auto_failover: true,
             max_buffered: 1024,
-            max_buffered_bytes: 4 << 20,
+            max_buffered_bytes: 2 << 20,
             connect_timeout: Duration::from_secs(5),
             max_attempts: 5,
             retry_interval: Duration::from_secs(1),
@@ -299,14 +310,20 @@ pub enum Event {
         ppid: u32,
         /// The message.
         bytes: Vec<u8>,
+        /// The stream it came on.
+        stream: u16,
     },
     /// Fail-over done: the new connection is up and the cookie echo is out.
     /// Messages sent now (the fail-over callback) go before the re-sent ones.
+    /// Also after [`Session::switch_to`] moved an established session.
     Failover {
-        /// The PE that failed.
+        /// The PE that failed (or was switched away from).
         from: u32,
         /// The new PE.
         to: u32,
+        /// Sequence numbers of the messages about to be re-sent to the new
+        /// PE (sent to an earlier one and never acknowledged), in order.
+        resent: Vec<u64>,
     },
     /// The PE failed and there is no automatic fail-over: nothing is sent
     /// until [`Session::failover_now`] or [`Session::close`].
@@ -374,6 +391,20 @@ struct Msg {
     sent_before: bool,
 }
 
+/// A DATA chunk on the current connection waiting for its ACK.
+#[derive(Debug)]
+enum Sent {
+    /// An ASAP control message (cookie echo).
+    Control,
+    /// An application message, kept for re-sending (upper-layer acks).
+    Kept(Msg),
+    /// An application message of this many bytes, not kept (no upper-layer
+    /// acks): it still counts toward the buffer bounds until the transport
+    /// acknowledges it, so a fast sender cannot pile up more than they allow
+    /// in the connection's write buffer.
+    Dropped(usize),
+}
+
 #[derive(Debug)]
 struct Episode {
     /// The PE that failed (None: the initial open).
@@ -397,9 +428,8 @@ enum Phase {
         conn: ConnId,
         pe: PoolElement,
         next_tsn: u32,
-        /// Chunks sent and not yet acknowledged, in TSN order (control ones
-        /// carry no message).
-        inflight: VecDeque<(u32, Option<Msg>)>,
+        /// Chunks sent and not yet acknowledged, in TSN order.
+        inflight: VecDeque<(u32, Sent)>,
     },
     PeerFailed {
         pe: u32,
@@ -411,7 +441,9 @@ enum Phase {
 #[derive(Debug)]
 pub struct Session {
     config: SessionConfig,
-    pool: PoolHandle,
+    /// None: a session to one transport address, nothing to fail over to
+    /// (but a business card's PEs).
+    pool: Option<PoolHandle>,
     phase: Phase,
     episode: Option<Episode>,
     now: Time,
@@ -420,6 +452,8 @@ pub struct Session {
     /// Messages waiting to go out (re-sends first after a failure).
     queue: VecDeque<Msg>,
     buffered_bytes: usize,
+    /// Application messages in the current connection's `inflight`.
+    unacked: usize,
     /// Insert position for messages sent in the fail-over callback window.
     resume_pos: usize,
     /// Event::Failover queued, not yet polled.
@@ -428,6 +462,8 @@ pub struct Session {
     callback_open: bool,
     cookie: Option<Vec<u8>>,
     card: Option<(PoolHandle, Vec<PoolElement>)>,
+    /// Our own business card (a PU that is also a PE), encoded.
+    my_card: Option<Vec<u8>>,
     out: VecDeque<Output>,
     events: VecDeque<Event>,
     stats: SessionStats,
@@ -445,7 +481,30 @@ impl Session {
     /// Open a session to `pool`: it starts by asking for a PE
     /// ([`Output::NeedServer`]).
     pub fn open(pool: PoolHandle, config: SessionConfig, now: Time) -> Self {
-        let mut s = Session {
+        let mut s = Self::new(Some(pool), config, now);
+        s.next_server();
+        s
+    }
+
+    /// Open a session to one given PE (e.g. a transport address the
+    /// application knows: the third destination form of
+    /// draft-ietf-rserpool-applic §3.3): it starts by connecting to `pe`.
+    /// With a pool the session fails over into it like any other; without
+    /// one a failure ends the session ([`Event::Failed`]) unless the PE gave
+    /// a business card.
+    pub fn open_direct(
+        pool: Option<PoolHandle>,
+        pe: PoolElement,
+        config: SessionConfig,
+        now: Time,
+    ) -> Self {
+        let mut s = Self::new(pool, config, now);
+        s.start_connect(pe);
+        s
+    }
+
+    fn new(pool: Option<PoolHandle>, config: SessionConfig, now: Time) -> Self {
+        Session {
             config,
             pool,
             phase: Phase::Selecting { retry_at: None },
@@ -459,17 +518,17 @@ impl Session {
             next_seq: 0,
             queue: VecDeque::new(),
             buffered_bytes: 0,
+            unacked: 0,
             resume_pos: 0,
             callback_pending: false,
             callback_open: false,
             cookie: None,
             card: None,
+            my_card: None,
             out: VecDeque::new(),
             events: VecDeque::new(),
             stats: SessionStats::default(),
-        };
-        s.next_server();
-        s
+        }
     }
 
     // ------------------------------------------------------------ getters
@@ -479,9 +538,9 @@ impl Session {
         &self.config
     }
 
-    /// The pool.
-    pub fn pool(&self) -> &PoolHandle {
-        &self.pool
+    /// The pool (None for a session opened to a PE without one).
+    pub fn pool(&self) -> Option<&PoolHandle> {
+        self.pool.as_ref()
     }
 
     /// Where the session stands.
@@ -521,7 +580,9 @@ impl Session {
         self.card.as_ref().map(|(p, v)| (p, v.as_slice()))
     }
 
-    /// Application messages buffered: queued plus sent-but-unacknowledged.
+    /// Application messages buffered: queued plus sent-but-unacknowledged
+    /// (without upper-layer acks: sent and not yet acknowledged by the
+    /// transport, though no longer kept).
     pub fn buffered(&self) -> usize {
         self.queue.len() + self.unacked()
     }
@@ -529,7 +590,7 @@ impl Session {
     /// Application messages sent and not yet acknowledged.
     pub fn unacked(&self) -> usize {
         match &self.phase {
-            Phase::Up { inflight, .. } => inflight.iter().filter(|(_, m)| m.is_some()).count(),
+            Phase::Up { .. } => self.unacked,
             _ => 0,
         }
     }
@@ -648,12 +709,24 @@ impl Session {
                 bytes,
                 seq: None,
             });
-            if self.config.upper_layer_acks {
-                inflight.push_back((next_tsn, None));
-            }
+            inflight.push_back((next_tsn, Sent::Control));
+            next_tsn = next_tsn.wrapping_add(1);
+        }
+        if let (Some(bytes), true) = (&self.my_card, control) {
+            self.out.push_back(Output::Send {
+                conn,
+                tsn: next_tsn,
+                stream: 0,
+                unordered: false,
+                ppid: PPID_ASAP,
+                bytes: bytes.clone(),
+                seq: None,
+            });
+            inflight.push_back((next_tsn, Sent::Control));
             next_tsn = next_tsn.wrapping_add(1);
         }
         let to = pe.id;
+        self.unacked = 0;
         self.phase = Phase::Up {
             conn,
             pe,
@@ -663,7 +736,13 @@ impl Session {
         match episode.and_then(|e| e.from) {
             Some(from) => {
                 self.stats.failovers += 1;
-                self.events.push_back(Event::Failover { from, to });
+                let resent = self
+                    .queue
+                    .iter()
+                    .filter(|m| m.sent_before)
+                    .map(|m| m.seq)
+                    .collect();
+                self.events.push_back(Event::Failover { from, to, resent });
                 self.callback_pending = true;
                 self.resume_pos = 0;
             }
@@ -690,10 +769,10 @@ impl Session {
         }
     }
 
-    /// A DATA chunk's message arrived on `conn`: PPID 11 is the control
-    /// channel (cookies, business cards), anything else goes to the
-    /// application as [`Event::Data`].
-    pub fn handle_data(&mut self, conn: ConnId, ppid: u32, bytes: &[u8], now: Time) {
+    /// A DATA chunk's message arrived on `conn` (on `stream`): PPID 11 is
+    /// the control channel (cookies, business cards), anything else goes to
+    /// the application as [`Event::Data`].
+    pub fn handle_data(&mut self, conn: ConnId, stream: u16, ppid: u32, bytes: &[u8], now: Time) {
         self.advance(now);
         if !matches!(&self.phase, Phase::Up { conn: c, .. } if *c == conn) {
             return;
@@ -702,6 +781,7 @@ impl Session {
             self.events.push_back(Event::Data {
                 ppid,
                 bytes: bytes.to_vec(),
+                stream,
             });
             return;
         }
@@ -730,9 +810,6 @@ impl Session {
     /// one ACK per delivered DATA chunk, in order).
     pub fn handle_ack(&mut self, conn: ConnId, cum_tsn: Option<u32>, now: Time) {
         self.advance(now);
-        if !self.config.upper_layer_acks {
-            return;
-        }
         let inflight = match &mut self.phase {
             Phase::Up {
                 conn: c, inflight, ..
@@ -749,12 +826,20 @@ impl Session {
             if !take {
                 break;
             }
-            if let Some((_, Some(m))) = inflight.pop_front() {
-                self.buffered_bytes = self.buffered_bytes.saturating_sub(m.bytes.len());
-                self.stats.acked += 1;
-                if self.config.ack_events {
-                    self.events.push_back(Event::Acked { seq: m.seq });
+            match inflight.pop_front() {
+                Some((_, Sent::Kept(m))) => {
+                    self.unacked -= 1;
+                    self.buffered_bytes = self.buffered_bytes.saturating_sub(m.bytes.len());
+                    self.stats.acked += 1;
+                    if self.config.ack_events {
+                        self.events.push_back(Event::Acked { seq: m.seq });
+                    }
                 }
+                Some((_, Sent::Dropped(len))) => {
+                    self.unacked -= 1;
+                    self.buffered_bytes = self.buffered_bytes.saturating_sub(len);
+                }
+                _ => {}
             }
             acked += 1;
         }
@@ -801,6 +886,99 @@ impl Session {
             self.queue.push_back(m);
         }
         Ok(seq)
+    }
+
+    /// Move the session to `pe` (the application chose it, e.g. by its PE
+    /// identifier): the current connection, if any, is closed without
+    /// reporting its PE, the messages it never acknowledged are re-sent to
+    /// `pe`, and the session goes on as after a fail-over ([`Event::Failover`]
+    /// if it had a PE before, else [`Event::Connected`]; the cookie is echoed
+    /// first). Switching to the PE the session is on, or connecting to, does
+    /// nothing. If `pe` cannot be reached, the session fails over by its
+    /// rules.
+    pub fn switch_to(&mut self, pe: PoolElement, now: Time) -> Result<(), SessionError> {
+        self.advance(now);
+        let from = match &self.phase {
+            Phase::Closed => return Err(SessionError::InvalidState),
+            Phase::Up { pe: cur, .. } | Phase::Connecting { pe: cur, .. } if cur.id == pe.id => {
+                return Ok(())
+            }
+            Phase::Up { pe: cur, .. } => Some(cur.id),
+            Phase::PeerFailed { pe } => Some(*pe),
+            // Still looking for the first PE, or between attempts: the episode
+            // goes on with `pe`.
+            Phase::Connecting { .. } | Phase::Selecting { .. } => {
+                self.episode.as_ref().and_then(|e| e.from)
+            }
+        };
+        if let Some(conn) = self.current_conn() {
+            self.out.push_back(Output::Close { conn });
+        }
+        self.requeue_inflight();
+        self.callback_pending = false;
+        self.callback_open = false;
+        let mut failed = BTreeSet::new();
+        if let Some(f) = from {
+            failed.insert(f);
+        }
+        self.episode = Some(Episode {
+            from,
+            failed,
+            attempts: 0,
+        });
+        self.start_connect(pe);
+        Ok(())
+    }
+
+    /// Our business card (this pool user is also a PE of `pool`; the PE
+    /// should fail over to `elements`, in order): sent at once on the
+    /// control channel if connected, and again on every new connection,
+    /// right after the cookie echo. `None` stops sending it.
+    pub fn set_business_card(
+        &mut self,
+        card: Option<(PoolHandle, Vec<PoolElement>)>,
+    ) -> Result<(), SendError> {
+        if matches!(self.phase, Phase::Closed) {
+            return Err(SendError::Closed);
+        }
+        let Some((pool_handle, elements)) = card else {
+            self.my_card = None;
+            return Ok(());
+        };
+        let msg = AsapMessage::BusinessCard {
+            pool_handle,
+            policy: None,
+            elements,
+        };
+        if msg.encoded_len() > MAX_MESSAGE_LEN {
+            return Err(SendError::TooLarge);
+        }
+        let mut bytes = Vec::new();
+        msg.encode(&mut bytes);
+        if let Phase::Up {
+            conn,
+            pe,
+            next_tsn,
+            inflight,
+        } = &mut self.phase
+        {
+            if pe.user_transport.transport_use() != crate::wire::transport_use::DATA_ONLY {
+                let tsn = *next_tsn;
+                *next_tsn = tsn.wrapping_add(1);
+                inflight.push_back((tsn, Sent::Control));
+                self.out.push_back(Output::Send {
+                    conn: *conn,
+                    tsn,
+                    stream: 0,
+                    unordered: false,
+                    ppid: PPID_ASAP,
+                    bytes: bytes.clone(),
+                    seq: None,
+                });
+            }
+        }
+        self.my_card = Some(bytes);
+        Ok(())
     }
 
     /// After [`Event::PeerFailed`]: fail over now.
@@ -871,10 +1049,11 @@ impl Session {
                 bytes: m.bytes.clone(),
                 seq: Some(m.seq),
             });
+            self.unacked += 1;
             if self.config.upper_layer_acks {
-                inflight.push_back((tsn, Some(m)));
+                inflight.push_back((tsn, Sent::Kept(m)));
             } else {
-                self.buffered_bytes = self.buffered_bytes.saturating_sub(m.bytes.len());
+                inflight.push_back((tsn, Sent::Dropped(m.bytes.len())));
             }
         }
     }
@@ -882,7 +1061,18 @@ impl Session {
     /// Put the unacknowledged messages back at the head of the queue, in order.
     fn requeue_inflight(&mut self) {
         if let Phase::Up { inflight, .. } = &mut self.phase {
-            let msgs: Vec<Msg> = inflight.drain(..).filter_map(|(_, m)| m).collect();
+            let mut msgs = Vec::new();
+            for (_, sent) in inflight.drain(..) {
+                match sent {
+                    Sent::Kept(m) => msgs.push(m),
+                    // Sent without upper-layer acks: gone with the PE.
+                    Sent::Dropped(len) => {
+                        self.buffered_bytes = self.buffered_bytes.saturating_sub(len);
+                    }
+                    Sent::Control => {}
+                }
+            }
+            self.unacked = 0;
             for m in msgs.into_iter().rev() {
                 self.queue.push_front(m);
             }
@@ -893,10 +1083,7 @@ impl Session {
         let Some(pe) = self.current_pe().map(|p| p.id) else {
             return;
         };
-        self.out.push_back(Output::ReportUnreachable {
-            pool: self.pool.clone(),
-            pe_id: pe,
-        });
+        self.report(pe);
         self.requeue_inflight();
         self.callback_pending = false;
         self.callback_open = false;
@@ -942,15 +1129,23 @@ impl Session {
         let Some(pe) = self.current_pe().map(|p| p.id) else {
             return;
         };
-        self.out.push_back(Output::ReportUnreachable {
-            pool: self.pool.clone(),
-            pe_id: pe,
-        });
+        self.report(pe);
         if let Some(e) = &mut self.episode {
             e.failed.insert(pe);
         }
         self.phase = Phase::Selecting { retry_at: None };
         self.next_server();
+    }
+
+    /// Report a PE of the pool unreachable (not a PE reached without a pool,
+    /// whose identifier means nothing to the registrar).
+    fn report(&mut self, pe_id: u32) {
+        if let Some(pool) = &self.pool {
+            self.out.push_back(Output::ReportUnreachable {
+                pool: pool.clone(),
+                pe_id,
+            });
+        }
     }
 
     fn next_server(&mut self) {
@@ -967,12 +1162,16 @@ impl Session {
                 .find(|p| !ep.failed.contains(&p.id) && pe_addr(p).is_some())
                 .cloned()
         });
-        match from_card {
-            Some(pe) => self.start_connect(pe),
-            None => self.out.push_back(Output::NeedServer {
-                pool: self.pool.clone(),
+        match (from_card, &self.pool) {
+            (Some(pe), _) => self.start_connect(pe),
+            (None, Some(pool)) => self.out.push_back(Output::NeedServer {
+                pool: pool.clone(),
                 exclude: ep.failed.iter().copied().collect(),
             }),
+            (None, None) => {
+                let a = ep.attempts;
+                self.give_up(a);
+            }
         }
     }
 

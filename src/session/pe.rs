@@ -5,9 +5,30 @@
 //! surfaces the pool user's ASAP_COOKIE_ECHO ([`PeEvent::CookieEcho`]), lets
 //! the application send cookies and business cards, and tells the runtime
 //! when to send a TCP mapping ACK: one [`PeOutput::Ack`] per DATA chunk,
-//! emitted when the chunk has been handed to the application (for data: when
-//! [`PeSession::poll_event`] returns it; for control messages the core
-//! consumes: at once), digest §10.4.
+//! digest §10.4.
+//!
+//! # When a message is acknowledged
+//!
+//! The ACK is what lets the pool user forget a message, so it must not go
+//! out before the application is done with it: a PE that dies between
+//! reading a request and answering it must leave the request
+//! unacknowledged, for the pool user to re-send it to the next PE. So a
+//! message handed out by [`PeSession::poll_event`] is acknowledged when the
+//! application comes back: its next [`PeSession::ack`] (the runtime calls it
+//! on the application's next receive, on close, or on an explicit
+//! acknowledgement) or its next send on the session (the ACK goes out after
+//! the reply). Control messages the core consumes itself (unexpected or
+//! malformed ones) are acknowledged at once.
+//!
+//! # Flow control toward the pool user
+//!
+//! The other direction works the same way: the pool user's side sends one
+//! ACK chunk for every DATA chunk it takes in (over SCTP the runtime reports
+//! each message the kernel accepted instead). [`PeSession::handle_ack`]
+//! counts them, so [`PeSession::in_flight_bytes`] is what was sent and not
+//! yet taken in: a PE that streams (a file, a character generator) waits
+//! while it is above its bound instead of growing the connection's write
+//! buffer until the runtime closes it.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -25,6 +46,10 @@ pub enum PeOutput {
         ppid: u32,
         /// The message.
         bytes: Vec<u8>,
+        /// Stream identifier (0 for control messages).
+        stream: u16,
+        /// Unordered (DATA flag U).
+        unordered: bool,
     },
     /// Send one ACK chunk: one more DATA chunk was delivered.
     Ack {
@@ -45,6 +70,8 @@ pub enum PeEvent {
         ppid: u32,
         /// The message.
         bytes: Vec<u8>,
+        /// The stream it came on.
+        stream: u16,
     },
     /// The pool user sent a business card (it is also a PE).
     BusinessCard {
@@ -58,7 +85,7 @@ pub enum PeEvent {
 /// Counters of one PE-side connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeStats {
-    /// DATA chunks delivered (and so acknowledged), control included.
+    /// DATA chunks acknowledged ([`PeOutput::Ack`] emitted), control included.
     pub delivered: u64,
     /// Cookie echoes that came after application data (not first).
     pub late_cookie_echoes: u64,
@@ -66,6 +93,13 @@ pub struct PeStats {
     pub ignored_control: u64,
     /// Undecodable control messages (ignored, still acknowledged).
     pub malformed_control: u64,
+    /// DATA chunks sent (application messages and control), acknowledged or
+    /// not.
+    pub sent: u64,
+    /// Of those, acknowledged by the pool user ([`PeSession::handle_ack`]).
+    pub acked_by_peer: u64,
+    /// ACKs with nothing in flight (or naming a chunk never sent).
+    pub unexpected_acks: u64,
 }
 
 /// One accepted data connection on the PE side.
@@ -74,8 +108,16 @@ pub struct PeSession {
     conn: ConnId,
     seen_data: bool,
     out: VecDeque<PeOutput>,
-    /// Events, each with "an ACK is due when it is handed out".
+    /// Events, each with "an ACK is due once the application is done with it".
     events: VecDeque<(PeEvent, bool)>,
+    /// Events handed out whose ACK is due at the next [`PeSession::ack`].
+    handed: u64,
+    /// TSN of the next DATA chunk sent (0, 1, 2, ... on the connection).
+    next_tsn: u32,
+    /// DATA chunks sent and not yet acknowledged by the pool user: TSN and
+    /// length.
+    in_flight: VecDeque<(u32, usize)>,
+    in_flight_bytes: usize,
     stats: PeStats,
 }
 
@@ -87,6 +129,10 @@ impl PeSession {
             seen_data: false,
             out: VecDeque::new(),
             events: VecDeque::new(),
+            handed: 0,
+            next_tsn: 0,
+            in_flight: VecDeque::new(),
+            in_flight_bytes: 0,
             stats: PeStats::default(),
         }
     }
@@ -96,19 +142,80 @@ impl PeSession {
         self.conn
     }
 
-    /// Counters; `delivered` is the number of ACKs due so far.
+    /// Counters; `delivered` is the number of ACKs emitted so far.
     pub fn stats(&self) -> &PeStats {
         &self.stats
     }
 
-    /// One DATA chunk's message arrived.
-    pub fn handle_data(&mut self, ppid: u32, bytes: &[u8]) {
+    /// Events waiting for [`PeSession::poll_event`].
+    pub fn pending_events(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Messages handed out and not yet acknowledged.
+    pub fn unacked(&self) -> u64 {
+        self.handed
+    }
+
+    /// Messages sent to the pool user and not yet acknowledged by it.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Payload bytes of [`PeSession::in_flight`].
+    pub fn in_flight_bytes(&self) -> usize {
+        self.in_flight_bytes
+    }
+
+    /// An ACK chunk from the pool user: with a Cumulative TSN Ack every
+    /// chunk up to it is acknowledged, without one (or from SCTP: one
+    /// message the kernel accepted) the oldest one.
+    pub fn handle_ack(&mut self, cum_tsn: Option<u32>) {
+        let before = self.in_flight.len();
+        match cum_tsn {
+            Some(t) => {
+                // Serial number arithmetic: TSNs wrap after 2^32 - 1.
+                while let Some(&(tsn, _)) = self.in_flight.front() {
+                    if t.wrapping_sub(tsn) >= 1 << 31 {
+                        break;
+                    }
+                    self.pop_in_flight();
+                }
+            }
+            None => {
+                if !self.in_flight.is_empty() {
+                    self.pop_in_flight();
+                }
+            }
+        }
+        if self.in_flight.len() == before {
+            self.stats.unexpected_acks += 1;
+        }
+    }
+
+    fn pop_in_flight(&mut self) {
+        if let Some((_, len)) = self.in_flight.pop_front() {
+            self.in_flight_bytes -= len;
+            self.stats.acked_by_peer += 1;
+        }
+    }
+
+    fn sent(&mut self, len: usize) {
+        self.in_flight.push_back((self.next_tsn, len));
+        self.in_flight_bytes += len;
+        self.next_tsn = self.next_tsn.wrapping_add(1);
+        self.stats.sent += 1;
+    }
+
+    /// One DATA chunk's message arrived on `stream`.
+    pub fn handle_data(&mut self, stream: u16, ppid: u32, bytes: &[u8]) {
         if ppid != PPID_ASAP {
             self.seen_data = true;
             self.events.push_back((
                 PeEvent::Data {
                     ppid,
                     bytes: bytes.to_vec(),
+                    stream,
                 },
                 true,
             ));
@@ -142,12 +249,22 @@ impl PeSession {
             Err(_) => self.stats.malformed_control += 1,
         }
         // Consumed by the core: delivered now.
-        self.ack();
+        self.push_ack();
     }
 
-    fn ack(&mut self) {
+    fn push_ack(&mut self) {
         self.stats.delivered += 1;
         self.out.push_back(PeOutput::Ack { conn: self.conn });
+    }
+
+    /// The application is done with every message handed out so far: one
+    /// [`PeOutput::Ack`] for each. Returns how many.
+    pub fn ack(&mut self) -> u64 {
+        let n = std::mem::take(&mut self.handed);
+        for _ in 0..n {
+            self.push_ack();
+        }
+        n
     }
 
     /// Send a cookie (the PU keeps the latest).
@@ -175,27 +292,48 @@ impl PeSession {
         }
         let mut bytes = Vec::new();
         msg.encode(&mut bytes);
+        self.sent(bytes.len());
         self.out.push_back(PeOutput::Send {
             conn: self.conn,
             ppid: PPID_ASAP,
             bytes,
+            stream: 0,
+            unordered: false,
         });
+        self.ack();
         Ok(())
     }
 
-    /// Send an application message to the pool user.
+    /// Send an application message to the pool user (stream 0, ordered);
+    /// then acknowledge what was handed out.
     pub fn send(&mut self, bytes: &[u8], ppid: u32) -> Result<(), SendError> {
+        self.send_on(bytes, ppid, 0, false)
+    }
+
+    /// Send an application message on `stream`, unordered if asked; then
+    /// acknowledge what was handed out (the ACKs go after the reply).
+    pub fn send_on(
+        &mut self,
+        bytes: &[u8],
+        ppid: u32,
+        stream: u16,
+        unordered: bool,
+    ) -> Result<(), SendError> {
         if ppid == PPID_ASAP {
             return Err(SendError::ReservedPpid);
         }
         if bytes.len() > MAX_MESSAGE_LEN {
             return Err(SendError::TooLarge);
         }
+        self.sent(bytes.len());
         self.out.push_back(PeOutput::Send {
             conn: self.conn,
             ppid,
             bytes: bytes.to_vec(),
+            stream,
+            unordered,
         });
+        self.ack();
         Ok(())
     }
 
@@ -204,11 +342,11 @@ impl PeSession {
         self.out.pop_front()
     }
 
-    /// The next event; handing out a delivered DATA chunk queues its ACK.
+    /// The next event; its ACK is due at the next [`PeSession::ack`] or send.
     pub fn poll_event(&mut self) -> Option<PeEvent> {
         let (ev, ack) = self.events.pop_front()?;
         if ack {
-            self.ack();
+            self.handed += 1;
         }
         Some(ev)
     }
@@ -237,9 +375,9 @@ impl SessionAcceptor {
     }
 
     /// A message arrived on `conn` (unknown connections are ignored).
-    pub fn handle_data(&mut self, conn: ConnId, ppid: u32, bytes: &[u8]) {
+    pub fn handle_data(&mut self, conn: ConnId, stream: u16, ppid: u32, bytes: &[u8]) {
         if let Some(s) = self.sessions.get_mut(&conn) {
-            s.handle_data(ppid, bytes);
+            s.handle_data(stream, ppid, bytes);
         }
     }
 

@@ -1,33 +1,77 @@
 //! A deterministic simulated RSerPool network (STYLE.md §2.7, after quinn's
-//! test `Pair` and smoltcp's fault injector): N registrar cores and scripted
-//! pool elements exchanging real ASAP/ENRP bytes over simulated connections,
-//! on one virtual clock, with message loss, delay, reordering, partitions,
-//! connection breaks and crashes drawn from a seed.
+//! test `Pair` and smoltcp's fault injector): registrar cores
+//! ([`Registrar`]), pool elements and pool users — each a real ASAP client
+//! core ([`Client`]) with a small application on top — exchanging real
+//! ASAP/ENRP bytes over simulated connections, on one virtual clock, with
+//! message loss, delay, reordering, partitions, connection breaks and crashes
+//! drawn from a seed.
 //!
 //! Everything is driven by one event queue; the same seed gives the same run.
-//! Connections behave like TCP with the TCP mapping: the core's
-//! [`Output::Connect`] is answered with `handle_connected` or
-//! `handle_connect_failed`, messages on a connection arrive in order unless
-//! the fault model says otherwise, and a close reaches the other end after the
-//! link delay (or never, for a silent crash).
 //!
-//! The scripted PEs are deliberately simple (the real ASAP client core plugs in
-//! later): a PE registers at a registrar, re-registers every
-//! `reregistration_interval`, answers keep-alives, and hunts for another
-//! registrar (a random one) when its connection closes or a registration goes
-//! unanswered for `response_timeout`.
+//! # The network
+//!
+//! Connections behave like TCP with the TCP mapping or like SCTP: a core's
+//! `Connect` output is answered with `handle_connected` or
+//! `handle_connect_failed` after the link delay (a client dialling across a
+//! partition may instead hear nothing, as when SYNs are lost, until it
+//! abandons the attempt itself); messages on a connection arrive in order
+//! unless the fault model reorders them; a close reaches the other end after
+//! the link delay, or never for a silent crash. A node crashing while one of
+//! its connections is still being set up makes the dialler's attempt fail.
+//!
+//! Connection ids: registrars name their own dials (bit 63 set) and the sim
+//! names the connections they accept; clients name their dials, and a
+//! connection a registrar opens towards a client (a takeover reaching a PE's
+//! SCTP endpoint) gets the id [`Client::handle_accepted`] returns — the same
+//! mapping the runtime's client driver keeps. Events still queued for a node
+//! that crashes are dropped, so a restarted core never hears about its
+//! predecessor's connections.
+//!
+//! # The applications
+//!
+//! - A **pool element** ([`PeSpec`]) registers one PE with a fixed id and
+//!   leaves the rest to the client core: re-registration every T4, keep-alive
+//!   answers, H=1 adoption, the server hunt when its home dies. When a first
+//!   registration times out the application registers again a second later;
+//!   any rejection is an invariant violation. PEs may crash (silently or
+//!   with their connections reset), restart with the same id and address,
+//!   or leave gracefully (deregister, then exit).
+//! - A **pool user** ([`PuSpec`]) picks a PE of one of its pools at random
+//!   intervals with `get_primary_server` or asks for the whole pool with
+//!   `resolve`; contacting a PE that is dead or on the other side of a
+//!   partition makes it report the PE and take the next one
+//!   (`get_next_server`). It may hold a subscription to one pool.
+//!
+//! # Invariants
+//!
+//! [`Sim::check_step`] after every event: every registrar core is internally
+//! consistent; no pool element was rejected; every answer a pool user got
+//! lists only PEs of that pool, with their own transport, that are live or
+//! gone for at most [`Sim::stale_bound`]. [`Sim::check_converged`] once the
+//! faults stopped and the network settled: one handlespace everywhere, each
+//! PE in it owned by exactly one running registrar, every live PE present
+//! (registered, with the owner as its client's home), no gone PE left.
+//! [`Sim::check_pu_views`] then has every pool user resolve every pool and
+//! see exactly the live PEs.
 //!
 //! Used by `tests/enrp_core.rs` and `tests/enrp_sim.rs`; not a stable API.
+
+mod apps;
+mod check;
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+pub use apps::{client_config, ClientTotals, PeSpec, PuSpec};
+use apps::{PeNode, PuNode};
+pub use check::PeState;
+
+use crate::asap::{Client, ClientConfig};
 use crate::registrar::{
     ConnId, ConnInfo, ConnKind, Output, Registrar, RegistrarConfig, PPID_ASAP, PPID_ENRP,
 };
 use crate::time::Time;
-use crate::wire::{AsapMessage, Policy, PoolElement, PoolHandle, Transport};
 
 /// A node of the simulation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -36,6 +80,8 @@ pub enum Node {
     Reg(usize),
     /// Pool element `i`.
     Pe(usize),
+    /// Pool user `i`.
+    Pu(usize),
 }
 
 /// The fault model. All probabilities are per message (or per fault tick).
@@ -50,8 +96,9 @@ pub struct Faults {
     /// Probability that a message may overtake earlier ones on its connection
     /// (otherwise per-connection order is kept, as TCP does).
     pub reorder: f64,
-    /// Mean time between random fault events (crash, restart, partition,
-    /// heal, connection break, PE death/birth); `None` disables them.
+    /// Mean time between random fault events (registrar crash and restart,
+    /// partition, heal, connection break, PE crash/restart/leave, PU
+    /// restart); `None` disables them.
     pub fault_interval: Option<Duration>,
 }
 
@@ -68,23 +115,6 @@ impl Faults {
     }
 }
 
-/// A scripted pool element.
-#[derive(Debug, Clone)]
-pub struct PeSpec {
-    /// Pool handle.
-    pub pool: String,
-    /// PE identifier.
-    pub id: u32,
-    /// The registrar slot it registers at first.
-    pub home: usize,
-    /// Re-registration period.
-    pub reregistration_interval: Duration,
-    /// Registration Life in seconds.
-    pub reg_life: i32,
-    /// How long it waits for a registration response before hunting.
-    pub response_timeout: Duration,
-}
-
 #[derive(Debug)]
 struct RegSlot {
     r: Option<Registrar>,
@@ -94,20 +124,18 @@ struct RegSlot {
     config: RegistrarConfig,
 }
 
+/// What a pool element or pool user runs on: a client core (`None` while
+/// crashed), its address and partition group.
 #[derive(Debug)]
-struct PeNode {
-    spec: PeSpec,
-    alive: bool,
-    group: u8,
-    /// Registrar slot and sim link it is connected (or connecting) to.
-    link: Option<(usize, u64)>,
-    connecting: bool,
-    /// A registration is out since this time.
-    pending_since: Option<Time>,
-    next_reg: Time,
-    /// Registration granted at least once since it last (re)started.
-    registered: bool,
+struct Host {
+    core: Option<Client>,
+    /// Its address: the source of its connections, its ASAP endpoint.
     addr: SocketAddr,
+    group: u8,
+    /// How its connections to registrars look to them.
+    kind: ConnKind,
+    /// The configuration a (re)started core gets.
+    config: ClientConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +143,10 @@ struct Link {
     ends: [(Node, ConnId); 2],
     /// Last scheduled delivery time per direction (index = sender end).
     last: [Time; 2],
+    /// Both ends have been told it is up (end 0 dialled, end 1 accepted).
+    up: bool,
+    /// TCP or SCTP, as the registrar end sees it.
+    kind: ConnKind,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,7 +160,6 @@ enum Ev {
     Closed {
         node: Node,
         conn: ConnId,
-        link: u64,
     },
     Connected {
         link: u64,
@@ -137,7 +168,20 @@ enum Ev {
         node: Node,
         conn: ConnId,
     },
+    /// A datagram of the ENRP multicast group reaching registrar slot `to`.
+    Multicast {
+        to: usize,
+        from: SocketAddr,
+        msg: Vec<u8>,
+    },
     Fault,
+}
+
+impl Ev {
+    /// Addressed to `node` by connection id (events by link die with the link).
+    fn is_for(&self, n: Node) -> bool {
+        matches!(self, Ev::Closed { node, .. } | Ev::ConnectFailed { node, .. } if *node == n)
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -174,8 +218,38 @@ pub struct SimStats {
     pub partitions: u64,
     /// Connections broken by the fault model.
     pub breaks: u64,
-    /// PE deaths and births.
-    pub pe_churn: u64,
+    /// Pool element crashes.
+    pub pe_crashes: u64,
+    /// Pool element restarts.
+    pub pe_restarts: u64,
+    /// Pool elements that left (deregistration asked for).
+    pub pe_leaves: u64,
+    /// Pool user restarts.
+    pub pu_restarts: u64,
+    /// Registrar connections to clients (takeover keep-alives).
+    pub dials_to_clients: u64,
+    /// Pool element registrations that timed out and were retried by the
+    /// application.
+    pub pe_registration_retries: u64,
+    /// Answers pool users got (resolutions and pushes), each checked.
+    pub pu_answers: u64,
+    /// PEs listed in those answers.
+    pub pu_answer_elements: u64,
+    /// Listed PEs that were gone at the time.
+    pub pu_stale_elements: u64,
+    /// The longest any listed PE had been gone, in microseconds (lost
+    /// pushes aside).
+    pub pu_max_staleness_us: u64,
+    /// Gone PEs listed in a subscription's view after a message to the pool
+    /// user was dropped on its connection (not checked: a lost push is not
+    /// repaired until the pool changes again).
+    pub pu_stale_after_lost_push: u64,
+    /// Subscriptions whose view the final check compared with the live PEs.
+    pub pu_subscriptions_checked: u64,
+    /// PEs a pool user contacted successfully.
+    pub pu_uses: u64,
+    /// PEs a pool user found dead or unreachable (then reported).
+    pub pu_failovers: u64,
     /// Events processed.
     pub events: u64,
 }
@@ -189,6 +263,7 @@ pub struct Sim {
     queue: BinaryHeap<Queued>,
     regs: Vec<RegSlot>,
     pes: Vec<PeNode>,
+    pus: Vec<PuNode>,
     links: BTreeMap<u64, Link>,
     ends: BTreeMap<(Node, ConnId), u64>,
     next_link: u64,
@@ -198,14 +273,54 @@ pub struct Sim {
     pub stats: SimStats,
     /// Every registrar id ever used (ids must not repeat).
     used_ids: BTreeSet<u32>,
-    /// Bytes routed, by (ppid, first byte) (message type), for tests.
+    /// Messages routed, by (sender, ppid, first byte = message type), for
+    /// tests; ppid 0 counts datagrams to the ENRP multicast group.
     pub sent_types: BTreeMap<(Node, u32, u8), u64>,
+    /// How long a gone PE (crashed, or asked to deregister) may still be
+    /// listed in answers to pool users. Default 45 s.
+    ///
+    /// A dead PE goes when its owner's keep-alive fails (seconds), or, when
+    /// the owner died too, one Registration Life after a survivor took the
+    /// owner over; each further takeover of the PE's new owner (partitions
+    /// make registrars take each other over) starts its life anew, so under
+    /// faults there is no tight bound: this one catches PEs that linger on
+    /// indefinitely, [`Sim::check_converged`] the rest once faults stop.
+    pub stale_bound: Duration,
+    /// Pool users act on their own (on by default; off for the final check).
+    pu_activity: bool,
+    /// The first violation an application saw (reported by `check_step`).
+    violation: Option<String>,
+    /// Counters of client cores that stopped.
+    retired: ClientTotals,
+    /// Nodes whose traffic, connections and events are printed (for
+    /// replaying a failing seed).
+    pub trace: BTreeSet<Node>,
+    /// Links on which a message to a pool user was dropped: a subscription
+    /// push may be missing there (see `check_answer`).
+    tainted: BTreeSet<u64>,
 }
 
 /// The ENRP/ASAP address of registrar slot `i`.
 pub fn registrar_addr(i: usize) -> SocketAddr {
     let i = u8::try_from(i % 250).unwrap_or(0);
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, i + 1)), 9901)
+}
+
+/// The address of pool element `i` (its ASAP endpoint; its user transport is
+/// the same host, port 30000).
+pub fn pe_addr(i: usize) -> SocketAddr {
+    host_addr(1, i)
+}
+
+/// The address of pool user `i`.
+pub fn pu_addr(i: usize) -> SocketAddr {
+    host_addr(2, i)
+}
+
+fn host_addr(net: u8, i: usize) -> SocketAddr {
+    let hi = u8::try_from(i / 250 % 256).unwrap_or(0);
+    let lo = u8::try_from(i % 250 + 1).unwrap_or(1);
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, net, hi, lo)), 20000)
 }
 
 impl Sim {
@@ -218,6 +333,7 @@ impl Sim {
             queue: BinaryHeap::new(),
             regs: Vec::new(),
             pes: Vec::new(),
+            pus: Vec::new(),
             links: BTreeMap::new(),
             ends: BTreeMap::new(),
             next_link: 1,
@@ -225,15 +341,17 @@ impl Sim {
             stats: SimStats::default(),
             used_ids: BTreeSet::new(),
             sent_types: BTreeMap::new(),
+            stale_bound: Duration::from_secs(45),
+            pu_activity: true,
+            violation: None,
+            retired: ClientTotals::default(),
+            trace: BTreeSet::new(),
+            tainted: BTreeSet::new(),
         }
     }
 
     fn next_u64(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        crate::handlespace::rng::splitmix64(&mut self.rng)
     }
 
     fn chance(&mut self, p: f64) -> bool {
@@ -248,10 +366,15 @@ impl Sim {
         }
     }
 
+    /// Uniform in `[lo, hi]`.
+    fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
+        let lo = u64::try_from(lo.as_micros()).unwrap_or(u64::MAX);
+        let hi = u64::try_from(hi.as_micros()).unwrap_or(u64::MAX).max(lo);
+        Duration::from_micros(lo + self.below((hi - lo).saturating_add(1)))
+    }
+
     fn delay(&mut self) -> Duration {
-        let lo = self.faults.min_delay.as_micros() as u64;
-        let hi = (self.faults.max_delay.as_micros() as u64).max(lo);
-        Duration::from_micros(lo + self.below(hi - lo + 1))
+        self.between(self.faults.min_delay, self.faults.max_delay)
     }
 
     fn schedule(&mut self, at: Time, ev: Ev) {
@@ -272,6 +395,24 @@ impl Sim {
         }
     }
 
+    /// Print a trace line if any of `nodes` is traced.
+    fn log(&self, nodes: &[Node], what: impl FnOnce() -> String) {
+        if nodes.iter().any(|n| self.trace.contains(n)) {
+            println!(
+                "{:>10.3} {:?} {}",
+                self.now.as_micros() as f64 / 1e6,
+                nodes,
+                what()
+            );
+        }
+    }
+
+    fn violate(&mut self, why: String) {
+        if self.violation.is_none() {
+            self.violation = Some(format!("at {:?}: {why}", self.now));
+        }
+    }
+
     // ------------------------------------------------------------ setup
 
     /// The current virtual time.
@@ -286,56 +427,49 @@ impl Sim {
         self.add_registrar_with_id(config, id)
     }
 
-    /// Add a registrar with a given server id.
-    pub fn add_registrar_with_id(&mut self, config: RegistrarConfig, id: u32) -> usize {
+    /// Add a registrar with a given server id. Clients already present learn
+    /// its address.
+    ///
+    /// With [`RegistrarConfig::enrp_multicast`] the slot joins the simulated
+    /// ENRP multicast group (every such registrar in the same partition
+    /// group gets each presence, the sender included, subject to loss and
+    /// delay), and an unset `enrp_transport` becomes the slot's address.
+    pub fn add_registrar_with_id(&mut self, mut config: RegistrarConfig, id: u32) -> usize {
         self.used_ids.insert(id);
         let i = self.regs.len();
+        if config.enrp_multicast && config.enrp_transport.is_none() {
+            let a = registrar_addr(i);
+            config.enrp_transport = Some(crate::wire::Transport::Tcp {
+                port: a.port(),
+                transport_use: 0,
+                addr: a.ip(),
+            });
+        }
         let seed = self.next_u64();
+        let addr = registrar_addr(i);
         self.regs.push(RegSlot {
             r: Some(Registrar::new(config.clone(), id, seed, self.now)),
-            addr: registrar_addr(i),
+            addr,
             next_conn: 1,
             group: 0,
             config,
         });
+        let now = self.now;
+        let nodes: Vec<Node> = (0..self.pes.len())
+            .map(Node::Pe)
+            .chain((0..self.pus.len()).map(Node::Pu))
+            .collect();
+        for n in nodes {
+            let Some(h) = self.host_mut(n) else { continue };
+            if !h.config.registrars.contains(&addr) {
+                h.config.registrars.push(addr);
+            }
+            if let Some(c) = h.core.as_mut() {
+                c.add_registrar(addr, now);
+            }
+            self.drain_client(n);
+        }
         i
-    }
-
-    /// Add a scripted PE; it registers at once.
-    pub fn add_pe(&mut self, spec: PeSpec) -> usize {
-        let i = self.pes.len();
-        let addr = SocketAddr::new(
-            IpAddr::V4(Ipv4Addr::new(10, 1, (i / 250) as u8, (i % 250) as u8 + 1)),
-            20000,
-        );
-        self.pes.push(PeNode {
-            spec,
-            alive: true,
-            group: 0,
-            link: None,
-            connecting: false,
-            pending_since: None,
-            next_reg: self.now,
-            registered: false,
-            addr,
-        });
-        i
-    }
-
-    /// Every PE: id, alive, registrar slot, connecting, registration pending.
-    pub fn pe_summary(&self) -> Vec<(u32, bool, Option<usize>, bool, bool)> {
-        self.pes
-            .iter()
-            .map(|p| {
-                (
-                    p.spec.id,
-                    p.alive,
-                    p.link.map(|l| l.0),
-                    p.connecting,
-                    p.pending_since.is_some(),
-                )
-            })
-            .collect()
     }
 
     /// Registrar slot `i`, if running.
@@ -360,53 +494,20 @@ impl Sim {
             .collect()
     }
 
-    /// Whether PE `i` is alive.
-    pub fn pe_alive(&self, i: usize) -> bool {
-        self.pes.get(i).is_some_and(|p| p.alive)
+    /// The registrar slot listening at `addr`.
+    fn slot_of(&self, addr: SocketAddr) -> Option<usize> {
+        self.regs.iter().position(|s| s.addr == addr)
     }
 
-    /// The registrar slot PE `i` is connected to.
-    pub fn pe_registrar(&self, i: usize) -> Option<usize> {
-        self.pes.get(i).and_then(|p| p.link.map(|l| l.0))
-    }
-
-    /// Crash registrar slot `i`. With `notify` its peers see the connections
-    /// close (a process crash: RST); without, they just go silent (a host crash).
+    /// Crash registrar slot `i`. With `notify` the other ends see its
+    /// connections close (a process crash: RST); without, they just go
+    /// silent (a host crash) and must find out by timers.
     pub fn crash(&mut self, i: usize, notify: bool) {
         if self.regs.get_mut(i).and_then(|s| s.r.take()).is_none() {
             return;
         }
         self.stats.crashes += 1;
-        let links: Vec<u64> = self
-            .links
-            .iter()
-            .filter(|(_, l)| l.ends.iter().any(|e| e.0 == Node::Reg(i)))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in links {
-            let Some(l) = self.links.get(&k).cloned() else {
-                continue;
-            };
-            let other = usize::from(l.ends[0].0 == Node::Reg(i));
-            self.ends.remove(&l.ends[0]);
-            self.ends.remove(&l.ends[1]);
-            self.links.remove(&k);
-            // PEs always notice (their registration times out anyway); a
-            // registrar peer only on a process crash (RST). Otherwise it keeps
-            // a dead connection and must find out by probing.
-            if notify || matches!(l.ends[other].0, Node::Pe(_)) {
-                let (node, conn) = l.ends[other];
-                let at = self.now + self.delay();
-                self.schedule(
-                    at,
-                    Ev::Closed {
-                        node,
-                        conn,
-                        link: k,
-                    },
-                );
-            }
-        }
+        self.crash_node(Node::Reg(i), notify);
     }
 
     /// Restart slot `i` with a new random id and its original configuration.
@@ -422,25 +523,33 @@ impl Sim {
         self.stats.restarts += 1;
     }
 
-    /// Kill PE `i` (it stops re-registering and answering).
-    pub fn kill_pe(&mut self, i: usize) {
-        if let Some(p) = self.pes.get_mut(i) {
-            p.alive = false;
-            p.connecting = false;
-            p.pending_since = None;
-            if let Some((_, link)) = p.link.take() {
-                self.close_link(link);
-            }
+    /// The links of a node that just crashed go away: the other ends hear of
+    /// it (or not, without `notify`), and nothing still queued for the node
+    /// reaches whatever runs there next.
+    fn crash_node(&mut self, node: Node, notify: bool) {
+        let links: Vec<u64> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.ends.iter().any(|e| e.0 == node))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in links {
+            self.drop_link(k, Some(node), notify);
         }
+        self.queue.retain(|q| !q.ev.is_for(node));
     }
 
-    /// Put nodes in partition groups: messages and connects between groups fail.
-    pub fn partition(&mut self, reg_groups: &[u8], pe_groups: &[u8]) {
+    /// Put nodes in partition groups: messages and connects between groups
+    /// fail. Slices shorter than the node lists leave the rest in group 0.
+    pub fn partition(&mut self, reg_groups: &[u8], pe_groups: &[u8], pu_groups: &[u8]) {
         for (s, g) in self.regs.iter_mut().zip(reg_groups) {
             s.group = *g;
         }
         for (p, g) in self.pes.iter_mut().zip(pe_groups) {
-            p.group = *g;
+            p.host.group = *g;
+        }
+        for (p, g) in self.pus.iter_mut().zip(pu_groups) {
+            p.host.group = *g;
         }
     }
 
@@ -450,14 +559,51 @@ impl Sim {
             s.group = 0;
         }
         for p in &mut self.pes {
-            p.group = 0;
+            p.host.group = 0;
+        }
+        for p in &mut self.pus {
+            p.host.group = 0;
         }
     }
 
     fn group(&self, n: Node) -> u8 {
         match n {
             Node::Reg(i) => self.regs.get(i).map_or(0, |s| s.group),
-            Node::Pe(i) => self.pes.get(i).map_or(0, |p| p.group),
+            Node::Pe(_) | Node::Pu(_) => self.host(n).map_or(0, |h| h.group),
+        }
+    }
+
+    fn host(&self, n: Node) -> Option<&Host> {
+        match n {
+            Node::Reg(_) => None,
+            Node::Pe(i) => self.pes.get(i).map(|p| &p.host),
+            Node::Pu(i) => self.pus.get(i).map(|p| &p.host),
+        }
+    }
+
+    fn host_mut(&mut self, n: Node) -> Option<&mut Host> {
+        match n {
+            Node::Reg(_) => None,
+            Node::Pe(i) => self.pes.get_mut(i).map(|p| &mut p.host),
+            Node::Pu(i) => self.pus.get_mut(i).map(|p| &mut p.host),
+        }
+    }
+
+    fn core_mut(&mut self, n: Node) -> Option<&mut Client> {
+        self.host_mut(n).and_then(|h| h.core.as_mut())
+    }
+
+    fn running(&self, n: Node) -> bool {
+        match n {
+            Node::Reg(i) => self.registrar(i).is_some(),
+            _ => self.host(n).is_some_and(|h| h.core.is_some()),
+        }
+    }
+
+    fn addr_of(&self, n: Node) -> SocketAddr {
+        match n {
+            Node::Reg(i) => self.regs[i].addr,
+            _ => self.host(n).map_or(registrar_addr(0), |h| h.addr),
         }
     }
 
@@ -490,31 +636,21 @@ impl Sim {
     }
 
     fn next_time(&self) -> Option<Time> {
-        let mut t = self.queue.peek().map(|q| q.at);
-        let mut min = |x: Option<Time>| {
-            if let Some(x) = x {
-                t = Some(t.map_or(x, |y| y.min(x)));
-            }
-        };
-        for s in &self.regs {
-            min(s.r.as_ref().and_then(|r| r.poll_timeout()));
-        }
-        for p in &self.pes {
-            min(self.pe_deadline(p));
-        }
-        t
+        let regs = self
+            .regs
+            .iter()
+            .filter_map(|s| s.r.as_ref()?.poll_timeout());
+        let pes = self.pes.iter().filter_map(|p| p.next_timeout());
+        let pus = self
+            .pus
+            .iter()
+            .filter_map(|p| p.next_timeout(self.pu_activity));
+        let q = self.queue.peek().map(|q| q.at);
+        q.into_iter().chain(regs).chain(pes).chain(pus).min()
     }
 
-    fn pe_deadline(&self, p: &PeNode) -> Option<Time> {
-        if !p.alive || p.connecting {
-            return None;
-        }
-        match p.pending_since {
-            Some(s) => Some(s + p.spec.response_timeout),
-            None => Some(p.next_reg),
-        }
-    }
-
+    /// One thing happens: the earliest queued event, else the first due
+    /// registrar timer, else the first due client timer.
     fn step(&mut self) {
         let now = self.now;
         if self.queue.peek().is_some_and(|q| q.at <= now) {
@@ -538,9 +674,16 @@ impl Sim {
             }
         }
         for i in 0..self.pes.len() {
-            if self.pe_deadline(&self.pes[i]).is_some_and(|d| d <= now) {
-                self.pe_timer(i);
-                return;
+            if self.pes[i].next_timeout().is_some_and(|d| d <= now) {
+                return self.pe_timer(i);
+            }
+        }
+        for i in 0..self.pus.len() {
+            if self.pus[i]
+                .next_timeout(self.pu_activity)
+                .is_some_and(|d| d <= now)
+            {
+                return self.pu_timer(i);
             }
         }
     }
@@ -559,8 +702,12 @@ impl Sim {
                 };
                 let (node, conn) = l.ends[to];
                 let from = l.ends[1 - to].0;
+                self.log(&[from, node], || {
+                    format!("deliver on {conn:?}: {}", show(ppid, &msg))
+                });
                 if self.group(node) != self.group(from) {
                     self.stats.lost += 1;
+                    self.dropped_on(link, node);
                     return;
                 }
                 self.stats.delivered += 1;
@@ -571,43 +718,23 @@ impl Sim {
                         }
                         self.drain(i);
                     }
-                    Node::Pe(i) => self.pe_message(i, link, &msg),
-                }
-            }
-            Ev::Closed { node, conn, link } => self.notify_closed(node, conn, link),
-            Ev::Connected { link } => {
-                let Some(l) = self.links.get(&link).cloned() else {
-                    return;
-                };
-                let info = |me: SocketAddr, other: SocketAddr| ConnInfo {
-                    kind: ConnKind::Tcp,
-                    remote: vec![other],
-                    local: me,
-                };
-                let a0 = self.addr_of(l.ends[0].0);
-                let a1 = self.addr_of(l.ends[1].0);
-                // Acceptor (end 1) first, then the dialer.
-                if let Node::Reg(j) = l.ends[1].0 {
-                    if let Some(r) = self.regs[j].r.as_mut() {
-                        r.handle_connected(l.ends[1].1, info(a1, a0), now);
-                    }
-                    self.drain(j);
-                }
-                match l.ends[0].0 {
-                    Node::Reg(i) => {
-                        if let Some(r) = self.regs[i].r.as_mut() {
-                            r.handle_connected(l.ends[0].1, info(a0, a1), now);
-                        }
-                        self.drain(i);
-                    }
-                    Node::Pe(i) => {
-                        if let Some(p) = self.pes.get_mut(i) {
-                            p.connecting = false;
-                            p.next_reg = now;
-                        }
+                    _ => {
+                        self.with_core(node, |c, now| c.handle_message(conn, ppid, &msg, now));
                     }
                 }
             }
+            Ev::Closed { node, conn } => match node {
+                Node::Reg(i) => {
+                    if let Some(r) = self.regs[i].r.as_mut() {
+                        r.handle_closed(conn, now);
+                    }
+                    self.drain(i);
+                }
+                _ => {
+                    self.with_core(node, |c, now| c.handle_closed(conn, now));
+                }
+            },
+            Ev::Connected { link } => self.connected(link),
             Ev::ConnectFailed { node, conn } => match node {
                 Node::Reg(i) => {
                     if let Some(r) = self.regs[i].r.as_mut() {
@@ -615,85 +742,156 @@ impl Sim {
                     }
                     self.drain(i);
                 }
-                Node::Pe(i) => {
-                    // Try another registrar a little later.
-                    if let Some(p) = self.pes.get_mut(i) {
-                        p.connecting = false;
-                        p.link = None;
-                        p.pending_since = None;
-                        p.next_reg = now + Duration::from_millis(200);
-                    }
+                _ => {
+                    self.with_core(node, |c, now| c.handle_connect_failed(conn, now));
                 }
             },
+            Ev::Multicast { to, from, msg } => {
+                if let Some(r) = self.regs[to].r.as_mut() {
+                    r.handle_multicast(&msg, from, now);
+                    self.drain(to);
+                }
+            }
             Ev::Fault => self.random_fault(),
         }
     }
 
-    fn addr_of(&self, n: Node) -> SocketAddr {
-        match n {
-            Node::Reg(i) => self.regs[i].addr,
-            Node::Pe(i) => self.pes[i].addr,
-        }
-    }
-
-    fn notify_closed(&mut self, node: Node, conn: ConnId, link: u64) {
+    /// A connection set-up completes: the acceptor hears first, then the
+    /// dialler.
+    fn connected(&mut self, link: u64) {
         let now = self.now;
-        match node {
+        let Some(l) = self.links.get(&link).cloned() else {
+            return;
+        };
+        let a0 = self.addr_of(l.ends[0].0);
+        let a1 = self.addr_of(l.ends[1].0);
+        let info = |me: SocketAddr, other: SocketAddr| ConnInfo {
+            kind: l.kind,
+            remote: vec![other],
+            local: me,
+        };
+        match l.ends[1].0 {
+            Node::Reg(j) => {
+                if let Some(r) = self.regs[j].r.as_mut() {
+                    r.handle_connected(l.ends[1].1, info(a1, a0), now);
+                }
+            }
+            n => {
+                // A registrar reaching a client: the client names it.
+                let Some(c) = self.core_mut(n) else {
+                    return self.drop_link(link, None, false);
+                };
+                let conn = c.handle_accepted(a0, now);
+                self.ends.insert((n, conn), link);
+                if let Some(l) = self.links.get_mut(&link) {
+                    l.ends[1].1 = conn;
+                }
+            }
+        }
+        if let Some(l) = self.links.get_mut(&link) {
+            l.up = true;
+        }
+        if let Node::Reg(j) = l.ends[1].0 {
+            self.drain(j);
+        }
+        match l.ends[0].0 {
             Node::Reg(i) => {
                 if let Some(r) = self.regs[i].r.as_mut() {
-                    r.handle_closed(conn, now);
+                    r.handle_connected(l.ends[0].1, info(a0, a1), now);
                 }
                 self.drain(i);
             }
-            Node::Pe(i) => {
-                if self.pes[i].link.is_some_and(|l| l.1 == link) {
-                    self.pes[i].link = None;
-                    self.pes[i].connecting = false;
-                    self.pes[i].pending_since = None;
-                    self.pe_hunt(i);
-                }
+            n => {
+                let conn = l.ends[0].1;
+                self.with_core(n, |c, now| c.handle_connected(conn, now));
+            }
+        }
+        if !matches!(l.ends[1].0, Node::Reg(_)) {
+            self.drain_client(l.ends[1].0);
+        }
+    }
+
+    /// A message to `to` on `link` was dropped.
+    fn dropped_on(&mut self, link: u64, to: Node) {
+        if matches!(to, Node::Pu(_)) {
+            self.tainted.insert(link);
+        }
+    }
+
+    /// Drop a link: nothing more is delivered on it. `closer` (if any) closed
+    /// it or crashed; a registrar closer hears `handle_closed` (the runtime's
+    /// job), a client closer nothing (its core already forgot it). The other
+    /// end hears the close after a delay if the link was up and `notify`; a
+    /// dialler whose connection was not up yet hears its attempt failed.
+    fn drop_link(&mut self, link: u64, closer: Option<Node>, notify: bool) {
+        let Some(l) = self.links.remove(&link) else {
+            return;
+        };
+        self.tainted.remove(&link);
+        self.log(&[l.ends[0].0, l.ends[1].0], || {
+            format!("link {link} {:?} dropped by {closer:?}", l.ends)
+        });
+        for (idx, (node, conn)) in l.ends.into_iter().enumerate() {
+            self.ends.remove(&(node, conn));
+            let ev = if Some(node) == closer {
+                let alive = self.running(node);
+                (alive && matches!(node, Node::Reg(_))).then_some(Ev::Closed { node, conn })
+            } else if l.up {
+                notify.then_some(Ev::Closed { node, conn })
+            } else if idx == 0 {
+                Some(Ev::ConnectFailed { node, conn })
+            } else {
+                None
+            };
+            if let Some(ev) = ev {
+                let at = self.now + self.delay();
+                self.schedule(at, ev);
             }
         }
     }
 
-    /// Close a link: nothing more is delivered on it, and each end hears of
-    /// the close after a delay.
-    fn close_link(&mut self, link: u64) {
-        let Some(l) = self.links.remove(&link) else {
-            return;
-        };
-        for (node, conn) in l.ends {
-            self.ends.remove(&(node, conn));
-            let at = self.now + self.delay();
-            self.schedule(at, Ev::Closed { node, conn, link });
-        }
-    }
-
-    /// Open a link from `from` (its conn id `conn`) to registrar slot `j`.
-    fn connect(&mut self, from: Node, conn: ConnId, j: usize) -> Option<u64> {
+    /// Open a link from `from` (its conn id `conn`) to node `to`. Returns
+    /// whether the attempt is under way (else it fails, or hangs, after a
+    /// delay).
+    fn connect(&mut self, from: Node, conn: ConnId, to: Node, kind: ConnKind) -> bool {
         let at = self.now + self.delay();
-        let ok = self.regs.get(j).is_some_and(|s| s.r.is_some())
-            && self.group(from) == self.group(Node::Reg(j));
-        if !ok {
-            self.schedule(at, Ev::ConnectFailed { node: from, conn });
-            return None;
+        let same_side = self.group(from) == self.group(to);
+        if !self.running(to) || !same_side {
+            // Across a partition a client's SYNs may just vanish: it gives up
+            // on its own (T5). Registrars are told, as before.
+            let hang = !same_side && !matches!(from, Node::Reg(_)) && self.chance(0.5);
+            if !hang {
+                self.schedule(at, Ev::ConnectFailed { node: from, conn });
+            }
+            return false;
         }
-        let slot = &mut self.regs[j];
-        let accepted = ConnId(slot.next_conn);
-        slot.next_conn += 1;
+        let accepted = match to {
+            Node::Reg(j) => {
+                let slot = &mut self.regs[j];
+                slot.next_conn += 1;
+                ConnId(slot.next_conn - 1)
+            }
+            // Named by the client when it accepts.
+            _ => ConnId(u64::MAX),
+        };
         let link = self.next_link;
         self.next_link += 1;
         self.links.insert(
             link,
             Link {
-                ends: [(from, conn), (Node::Reg(j), accepted)],
+                ends: [(from, conn), (to, accepted)],
                 last: [Time::ZERO; 2],
+                up: false,
+                kind,
             },
         );
         self.ends.insert((from, conn), link);
-        self.ends.insert((Node::Reg(j), accepted), link);
+        if matches!(to, Node::Reg(_)) {
+            self.ends.insert((to, accepted), link);
+        }
+        self.log(&[from, to], || format!("link {link} dialled by {conn:?}"));
         self.schedule(at, Ev::Connected { link });
-        Some(link)
+        true
     }
 
     fn send(&mut self, from: Node, conn: ConnId, ppid: u32, msg: Vec<u8>) {
@@ -703,8 +901,17 @@ impl Sim {
         if let Some(t) = msg.first() {
             *self.sent_types.entry((from, ppid, *t)).or_default() += 1;
         }
+        let Some(l) = self.links.get(&link) else {
+            return;
+        };
+        let me = usize::from(l.ends[1] == (from, conn));
+        let to = l.ends[1 - me].0;
         if self.chance(self.faults.loss) {
             self.stats.lost += 1;
+            self.log(&[from, to], || {
+                format!("LOST on {conn:?}: {}", show(ppid, &msg))
+            });
+            self.dropped_on(link, to);
             return;
         }
         let d = self.delay();
@@ -712,7 +919,6 @@ impl Sim {
         let Some(l) = self.links.get_mut(&link) else {
             return;
         };
-        let me = usize::from(l.ends[1] == (from, conn));
         let mut at = self.now + d;
         if !reorder {
             at = at.max(l.last[me]);
@@ -737,17 +943,43 @@ impl Sim {
             };
             match o {
                 Output::Send { conn, ppid, msg } => self.send(Node::Reg(i), conn, ppid, msg),
-                Output::Close { conn, .. } => {
-                    if let Some(&link) = self.ends.get(&(Node::Reg(i), conn)) {
-                        self.close_link(link);
+                Output::Close { conn, .. } => match self.ends.get(&(Node::Reg(i), conn)) {
+                    Some(&link) => self.drop_link(link, Some(Node::Reg(i)), true),
+                    None => {
+                        // Not (or no longer) linked: still confirm the close.
+                        let at = self.now + self.delay();
+                        self.schedule(
+                            at,
+                            Ev::Closed {
+                                node: Node::Reg(i),
+                                conn,
+                            },
+                        );
                     }
-                }
-                Output::Connect { conn, addr, .. } => {
-                    match self.regs.iter().position(|s| s.addr == addr) {
-                        Some(j) if j != i => {
-                            self.connect(Node::Reg(i), conn, j);
+                },
+                Output::Connect {
+                    conn, addr, kind, ..
+                } => {
+                    let to = match self.slot_of(addr) {
+                        Some(j) if j != i => Some(Node::Reg(j)),
+                        Some(_) => None,
+                        None => self
+                            .pes
+                            .iter()
+                            .position(|p| p.host.addr == addr)
+                            .map(Node::Pe),
+                    };
+                    match to {
+                        Some(to) => {
+                            let kind = if matches!(to, Node::Reg(_)) {
+                                ConnKind::Tcp
+                            } else {
+                                self.stats.dials_to_clients += 1;
+                                kind
+                            };
+                            self.connect(Node::Reg(i), conn, to, kind);
                         }
-                        _ => {
+                        None => {
                             let at = self.now + self.delay();
                             self.schedule(
                                 at,
@@ -760,123 +992,36 @@ impl Sim {
                     }
                 }
                 Output::Announce { .. } => {}
+                Output::EnrpMulticast { msg } => self.multicast(i, msg),
             }
         }
     }
 
-    // -------------------------------------------------------------- PEs
-
-    fn pe_element(&self, i: usize) -> PoolElement {
-        let p = &self.pes[i];
-        PoolElement {
-            id: p.spec.id,
-            home: 0,
-            reg_life: p.spec.reg_life,
-            user_transport: Transport::Tcp {
-                port: 30000,
-                transport_use: 0,
-                addr: p.addr.ip(),
-            },
-            policy: Policy::RoundRobin,
-            asap_transport: None,
+    /// A datagram from registrar `i` to the ENRP multicast group.
+    fn multicast(&mut self, i: usize, msg: Vec<u8>) {
+        let from = self.regs[i].addr;
+        if let Some(t) = msg.first() {
+            *self.sent_types.entry((Node::Reg(i), 0, *t)).or_default() += 1;
         }
-    }
-
-    fn pe_send(&mut self, i: usize, msg: AsapMessage) {
-        if let Some((_, link)) = self.pes[i].link {
-            self.send(Node::Pe(i), ConnId(link), PPID_ASAP, msg.to_bytes());
-        }
-    }
-
-    fn pe_timer(&mut self, i: usize) {
-        let now = self.now;
-        let p = &self.pes[i];
-        if p.pending_since
-            .is_some_and(|s| s + p.spec.response_timeout <= now)
-        {
-            // No answer: this registrar is gone for us.
-            self.pes[i].pending_since = None;
-            if let Some((_, link)) = self.pes[i].link.take() {
-                self.close_link(link);
+        let group = self.group(Node::Reg(i));
+        for j in 0..self.regs.len() {
+            let slot = &self.regs[j];
+            if !slot.config.enrp_multicast || slot.r.is_none() || slot.group != group {
+                continue;
             }
-            return self.pe_hunt(i);
-        }
-        if self.pes[i].link.is_none() {
-            return self.pe_hunt(i);
-        }
-        let pe = self.pe_element(i);
-        let pool = PoolHandle::from(self.pes[i].spec.pool.as_str());
-        self.pes[i].pending_since = Some(now);
-        self.pes[i].next_reg = now + self.pes[i].spec.reregistration_interval;
-        self.pe_send(
-            i,
-            AsapMessage::Registration {
-                pool_handle: pool,
-                pe,
-            },
-        );
-    }
-
-    /// Connect to a registrar: the configured home first, then random ones.
-    fn pe_hunt(&mut self, i: usize) {
-        if !self.pes[i].alive || self.pes[i].connecting {
-            return;
-        }
-        let n = self.regs.len() as u64;
-        if n == 0 {
-            return;
-        }
-        let j = if self.pes[i].registered {
-            self.below(n) as usize
-        } else {
-            self.pes[i].spec.home % n as usize
-        };
-        self.pes[i].registered = true; // next hunt picks at random
-        let conn = ConnId(self.next_link);
-        // The PE's conn id is the link id (known once connected).
-        self.pes[i].connecting = true;
-        self.pes[i].pending_since = None;
-        if let Some(link) = self.connect(Node::Pe(i), conn, j) {
-            // connect() used next_link for this link: ids agree.
-            self.pes[i].link = Some((j, link));
-        }
-    }
-
-    fn pe_message(&mut self, i: usize, link: u64, msg: &[u8]) {
-        if !self.pes[i].alive || self.pes[i].link.is_none_or(|l| l.1 != link) {
-            return;
-        }
-        let Ok(d) = AsapMessage::decode(msg) else {
-            return;
-        };
-        match d.msg {
-            AsapMessage::RegistrationResponse { reject, .. } => {
-                self.pes[i].pending_since = None;
-                if reject {
-                    // Try elsewhere next time.
-                    if let Some((_, l)) = self.pes[i].link.take() {
-                        self.close_link(l);
-                    }
-                }
+            if self.chance(self.faults.loss) {
+                self.stats.lost += 1;
+                continue;
             }
-            AsapMessage::EndpointKeepAlive {
-                pool_handle, home, ..
-            } => {
-                let _ = home;
-                let id = self.pes[i].spec.id;
-                self.pe_send(
-                    i,
-                    AsapMessage::EndpointKeepAliveAck {
-                        pool_handle,
-                        pe_id: id,
-                    },
-                );
-            }
-            AsapMessage::DeregistrationResponse { .. } => {
-                // Expired at the registrar: register again at once.
-                self.pes[i].next_reg = self.now;
-            }
-            _ => {}
+            let at = self.now + self.delay();
+            self.schedule(
+                at,
+                Ev::Multicast {
+                    to: j,
+                    from,
+                    msg: msg.clone(),
+                },
+            );
         }
     }
 
@@ -886,14 +1031,15 @@ impl Sim {
     /// average until [`stop_faults`](Self::stop_faults)).
     pub fn start_faults(&mut self) {
         if let Some(iv) = self.faults.fault_interval {
-            let d = Duration::from_micros(self.below(iv.as_micros() as u64 * 2 + 1));
+            let d = self.between(Duration::ZERO, iv * 2);
             let at = self.now + d;
             self.schedule(at, Ev::Fault);
         }
     }
 
-    /// Stop random faults, heal partitions, restart crashed registrars, make
-    /// the network perfect again.
+    /// Stop random faults, heal partitions, restart crashed registrars and
+    /// pool users, make the network perfect again. Crashed or departed pool
+    /// elements stay gone.
     pub fn stop_faults(&mut self) {
         self.faults.fault_interval = None;
         self.faults.loss = 0.0;
@@ -901,6 +1047,11 @@ impl Sim {
         self.heal();
         for i in 0..self.regs.len() {
             self.restart(i);
+        }
+        for i in 0..self.pus.len() {
+            if self.pus[i].host.core.is_none() {
+                self.start_pu(i);
+            }
         }
         self.queue.retain(|q| q.ev != Ev::Fault);
     }
@@ -910,7 +1061,7 @@ impl Sim {
             return;
         };
         let live = self.live_registrars();
-        match self.below(7) {
+        match self.below(9) {
             0 if live.len() > 1 => {
                 let i = live[self.below(live.len() as u64) as usize];
                 let notify = self.chance(0.5);
@@ -928,132 +1079,52 @@ impl Sim {
                 self.stats.partitions += 1;
                 let rg: Vec<u8> = (0..self.regs.len()).map(|_| self.below(2) as u8).collect();
                 let pg: Vec<u8> = (0..self.pes.len()).map(|_| self.below(2) as u8).collect();
-                self.partition(&rg, &pg);
+                let ug: Vec<u8> = (0..self.pus.len()).map(|_| self.below(2) as u8).collect();
+                self.partition(&rg, &pg, &ug);
             }
             3 => self.heal(),
             4 if !self.links.is_empty() => {
                 let k = self.below(self.links.len() as u64) as usize;
                 if let Some(&link) = self.links.keys().nth(k) {
                     self.stats.breaks += 1;
-                    self.close_link(link);
+                    self.drop_link(link, None, true);
                 }
             }
-            5 => {
-                // PE churn: one dies, or a dead one comes back.
-                self.stats.pe_churn += 1;
+            5 | 6 if !self.pes.is_empty() => {
+                // PE churn: a running one crashes or leaves, a gone one
+                // comes back.
                 let k = self.below(self.pes.len() as u64) as usize;
-                if self.pes.get(k).is_some_and(|p| p.alive) {
-                    self.kill_pe(k);
-                } else if let Some(p) = self.pes.get_mut(k) {
-                    p.alive = true;
-                    p.registered = false;
-                    p.pending_since = None;
-                    p.next_reg = self.now;
+                if self.pes[k].host.core.is_none() {
+                    self.restart_pe(k);
+                } else if self.pes[k].wanted && self.chance(0.25) {
+                    self.leave_pe(k);
+                } else if self.pes[k].wanted {
+                    let notify = self.chance(0.5);
+                    self.kill_pe_with(k, notify);
                 }
+            }
+            7 if !self.pus.is_empty() => {
+                let k = self.below(self.pus.len() as u64) as usize;
+                let notify = self.chance(0.5);
+                self.restart_pu(k, notify);
             }
             _ => {}
         }
-        let d = Duration::from_micros(self.below(iv.as_micros() as u64 * 2 + 1));
+        let d = self.between(Duration::ZERO, iv * 2);
         let at = self.now + d;
         self.schedule(at, Ev::Fault);
     }
-
-    // ------------------------------------------------------- invariants
-
-    /// Invariants that hold after every step, faults or not: each core's
-    /// internal consistency.
-    pub fn check_step(&self) -> Result<(), String> {
-        for (i, s) in self.regs.iter().enumerate() {
-            if let Some(r) = &s.r {
-                r.check_consistency()
-                    .map_err(|e| format!("registrar slot {i} ({:#x}): {e}", r.server_id()))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Invariants once the network has been quiet long enough: all running
-    /// registrars hold the same handlespace (handles, ids, owners, transports);
-    /// every PE in it is alive and owned by exactly one running registrar, which
-    /// knows it owns it; every live PE is in it.
-    pub fn check_converged(&self) -> Result<(), String> {
-        let live = self.live_registrars();
-        let ids: BTreeMap<u32, usize> = live
-            .iter()
-            .filter_map(|i| self.registrar(*i).map(|r| (r.server_id(), *i)))
-            .collect();
-        let mut reference: Option<(usize, Pools)> = None;
-        for &i in &live {
-            let Some(r) = self.registrar(i) else { continue };
-            let mut pools = r.pool_elements();
-            for (_, pes) in &mut pools {
-                for pe in pes.iter_mut() {
-                    pe.reg_life = 0; // lifetimes differ (Never vs Life)
-                }
-            }
-            match &reference {
-                None => reference = Some((i, pools)),
-                Some((j, refp)) => {
-                    if *refp != pools {
-                        return Err(format!(
-                            "handlespaces differ: slot {j} {} vs slot {i} {}",
-                            summary(refp),
-                            summary(&pools)
-                        ));
-                    }
-                }
-            }
-        }
-        let Some((_, pools)) = reference else {
-            return Ok(());
-        };
-        let mut present = BTreeSet::new();
-        for (h, pes) in &pools {
-            for pe in pes {
-                let Some(&slot) = ids.get(&pe.home) else {
-                    return Err(format!(
-                        "PE {:?}/{} owned by {:#x}, not a running registrar",
-                        h, pe.id, pe.home
-                    ));
-                };
-                let owner = self.registrar(slot);
-                if !owner.is_some_and(|r| r.owns(h, pe.id)) {
-                    return Err(format!(
-                        "PE {:?}/{} has home {:#x} which does not know it owns it",
-                        h, pe.id, pe.home
-                    ));
-                }
-                present.insert((h.0.clone(), pe.id));
-            }
-        }
-        for p in &self.pes {
-            let key = (p.spec.pool.as_bytes().to_vec(), p.spec.id);
-            if p.alive && !present.contains(&key) {
-                return Err(format!("live PE {}/{} lost", p.spec.pool, p.spec.id));
-            }
-            if !p.alive && present.contains(&key) {
-                return Err(format!(
-                    "dead PE {}/{} never removed",
-                    p.spec.pool, p.spec.id
-                ));
-            }
-        }
-        Ok(())
-    }
 }
 
-/// Pool entries as `Registrar::pool_elements` lists them.
-type Pools = Vec<(PoolHandle, Vec<PoolElement>)>;
-
-fn summary(p: &[(PoolHandle, Vec<PoolElement>)]) -> String {
-    let v: Vec<String> = p
-        .iter()
-        .flat_map(|(h, pes)| {
-            pes.iter()
-                .map(move |pe| format!("{}/{}@{:x}", String::from_utf8_lossy(&h.0), pe.id, pe.home))
-        })
-        .collect();
-    format!("[{}]", v.join(" "))
+/// A message for a trace line.
+fn show(ppid: u32, msg: &[u8]) -> String {
+    use crate::wire::{AsapMessage, EnrpMessage};
+    let d = if ppid == PPID_ENRP {
+        EnrpMessage::decode(msg).map(|d| format!("{:?}", d.msg))
+    } else {
+        AsapMessage::decode(msg).map(|d| format!("{:?}", d.msg))
+    };
+    d.unwrap_or_else(|e| format!("undecodable: {e}"))
 }
 
 /// The PPIDs, for tests that count messages.

@@ -339,6 +339,233 @@ impl Policy {
     }
 }
 
+/// A policy from its text form, as the command-line tools take it
+/// (`--policy`): a short name as [`Policy::name`] gives it, then the
+/// policy's values separated by `:`.
+///
+/// | spec | policy |
+/// |---|---|
+/// | `rr` | Round Robin |
+/// | `wrr:WEIGHT` | Weighted Round Robin (weight default 1) |
+/// | `rand` | Random |
+/// | `wrand:WEIGHT` | Weighted Random (weight default 1) |
+/// | `prio:PRIORITY` | Priority (default 0) |
+/// | `lu:LOAD` | Least Used (load default 0) |
+/// | `lud:LOAD:DEGRADATION` | Least Used with Degradation |
+/// | `plu:LOAD:DEGRADATION` | Priority Least Used |
+/// | `rlu:LOAD` | Randomized Least Used |
+/// | `0xTYPE[:HEXDATA]` | any other policy type, its data as hex |
+///
+/// Loads and degradations are a number (0 to 4294967295, a fraction of
+/// 0xFFFFFFFF) or a percentage (`25%`); numbers may be given in hex
+/// (`0x40000000`). `roundrobin`, `random` and `priority` are accepted for
+/// `rr`, `rand` and `prio`.
+impl std::str::FromStr for Policy {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Policy, String> {
+        let mut parts = spec.trim().split(':');
+        let name = parts.next().unwrap_or("").to_ascii_lowercase();
+        let values: Vec<&str> = parts.collect();
+        let most = |n: usize| {
+            if values.len() > n {
+                Err(format!(
+                    "policy {spec:?}: {name} takes at most {n} value{}",
+                    if n == 1 { "" } else { "s" }
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let num = |i: usize, default: u32| -> Result<u32, String> {
+            match values.get(i) {
+                None => Ok(default),
+                Some(v) => parse_policy_value(v).ok_or_else(|| {
+                    format!(
+                        "policy {spec:?}: {v:?} is not a number (0-4294967295, 0xHEX or PERCENT%)"
+                    )
+                }),
+            }
+        };
+        let p = match name.as_str() {
+            "rr" | "roundrobin" => {
+                most(0)?;
+                Policy::RoundRobin
+            }
+            "wrr" => {
+                most(1)?;
+                Policy::WeightedRoundRobin { weight: num(0, 1)? }
+            }
+            "rand" | "random" => {
+                most(0)?;
+                Policy::Random
+            }
+            "wrand" => {
+                most(1)?;
+                Policy::WeightedRandom { weight: num(0, 1)? }
+            }
+            "prio" | "priority" => {
+                most(1)?;
+                Policy::Priority {
+                    priority: num(0, 0)?,
+                }
+            }
+            "lu" => {
+                most(1)?;
+                Policy::LeastUsed { load: num(0, 0)? }
+            }
+            "lud" => {
+                most(2)?;
+                Policy::LeastUsedDegradation {
+                    load: num(0, 0)?,
+                    degradation: num(1, 0)?,
+                }
+            }
+            "plu" => {
+                most(2)?;
+                Policy::PriorityLeastUsed {
+                    load: num(0, 0)?,
+                    degradation: num(1, 0)?,
+                }
+            }
+            "rlu" => {
+                most(1)?;
+                Policy::RandomizedLeastUsed { load: num(0, 0)? }
+            }
+            hex if hex.starts_with("0x") => {
+                most(1)?;
+                let policy_type = u32::from_str_radix(&hex[2..], 16)
+                    .map_err(|_| format!("policy {spec:?}: bad policy type {hex:?}"))?;
+                let data = match values.first() {
+                    None => Vec::new(),
+                    Some(h) => decode_hex(h)
+                        .ok_or_else(|| format!("policy {spec:?}: {h:?} is not hex bytes"))?,
+                };
+                // A standard type named by number gets its typed form.
+                Policy::Other { policy_type, data }.normalize()?
+            }
+            _ => {
+                return Err(format!(
+                    "policy {spec:?}: unknown; expected rr, wrr:W, rand, wrand:W, prio:P, \
+                     lu:LOAD, lud:LOAD:DEG, plu:LOAD:DEG, rlu:LOAD or 0xTYPE[:HEX]"
+                ))
+            }
+        };
+        Ok(p)
+    }
+}
+
+impl Policy {
+    /// The text form [`Policy::from_str`](std::str::FromStr) reads: `rr`,
+    /// `wrr:5`, `lud:1000:20`, `0xb0001001:00000001`, ...
+    pub fn spec(&self) -> String {
+        let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        match self {
+            Policy::RoundRobin | Policy::Random => self.name(),
+            Policy::WeightedRoundRobin { weight: v }
+            | Policy::WeightedRandom { weight: v }
+            | Policy::Priority { priority: v }
+            | Policy::LeastUsed { load: v }
+            | Policy::RandomizedLeastUsed { load: v } => format!("{}:{v}", self.name()),
+            Policy::LeastUsedDegradation { load, degradation }
+            | Policy::PriorityLeastUsed { load, degradation } => {
+                format!("{}:{load}:{degradation}", self.name())
+            }
+            Policy::Other { policy_type, data } if data.is_empty() => {
+                format!("0x{policy_type:08x}")
+            }
+            Policy::Other { policy_type, data } => format!("0x{policy_type:08x}:{}", hex(data)),
+        }
+    }
+
+    /// A policy given by type number: the standard ones take their typed
+    /// form (their data must then have the right length).
+    fn normalize(self) -> Result<Policy, String> {
+        let Policy::Other { policy_type, data } = self else {
+            return Ok(self);
+        };
+        use policy_type::*;
+        let word = |i: usize| -> Option<u32> {
+            data.get(i * 4..i * 4 + 4)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let want = |n: usize| -> Result<(), String> {
+            if data.len() == n * 4 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "policy type 0x{policy_type:08x} takes {} bytes of data, not {}",
+                    n * 4,
+                    data.len()
+                ))
+            }
+        };
+        let p = match policy_type {
+            ROUND_ROBIN => {
+                want(0)?;
+                Policy::RoundRobin
+            }
+            RANDOM => {
+                want(0)?;
+                Policy::Random
+            }
+            WEIGHTED_ROUND_ROBIN
+            | WEIGHTED_RANDOM
+            | PRIORITY
+            | LEAST_USED
+            | RANDOMIZED_LEAST_USED => {
+                want(1)?;
+                let v = word(0).unwrap_or(0);
+                match policy_type {
+                    WEIGHTED_ROUND_ROBIN => Policy::WeightedRoundRobin { weight: v },
+                    WEIGHTED_RANDOM => Policy::WeightedRandom { weight: v },
+                    PRIORITY => Policy::Priority { priority: v },
+                    LEAST_USED => Policy::LeastUsed { load: v },
+                    _ => Policy::RandomizedLeastUsed { load: v },
+                }
+            }
+            LEAST_USED_DEGRADATION | PRIORITY_LEAST_USED => {
+                want(2)?;
+                let (load, degradation) = (word(0).unwrap_or(0), word(1).unwrap_or(0));
+                if policy_type == LEAST_USED_DEGRADATION {
+                    Policy::LeastUsedDegradation { load, degradation }
+                } else {
+                    Policy::PriorityLeastUsed { load, degradation }
+                }
+            }
+            _ => Policy::Other { policy_type, data },
+        };
+        Ok(p)
+    }
+}
+
+/// A policy value: decimal, `0x` hex, or a percentage of 0xFFFFFFFF.
+fn parse_policy_value(v: &str) -> Option<u32> {
+    let v = v.trim();
+    if let Some(pct) = v.strip_suffix('%') {
+        let f: f64 = pct.trim().parse().ok()?;
+        if !(0.0..=100.0).contains(&f) {
+            return None;
+        }
+        return Some((f / 100.0 * f64::from(u32::MAX)).round() as u32);
+    }
+    if let Some(h) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        return u32::from_str_radix(h, 16).ok();
+    }
+    v.parse().ok()
+}
+
+fn decode_hex(h: &str) -> Option<Vec<u8>> {
+    let h = h.trim();
+    if h.len() % 2 != 0 {
+        return None;
+    }
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// The short name of a policy type (see [`Policy::name`]).
 pub fn policy_name(t: u32) -> String {
     use policy_type::*;

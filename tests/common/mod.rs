@@ -33,8 +33,14 @@ impl Proc {
     /// Start a registrar on an ephemeral loopback port with extra flags, and wait
     /// for its "listening asap" line.
     pub fn start(extra: &[&str]) -> Proc {
+        Proc::start_at("tcp://127.0.0.1:0", extra)
+    }
+
+    /// Like [`Proc::start`] with the ASAP endpoint `asap` (e.g. a restarted
+    /// registrar at the port its predecessor had).
+    pub fn start_at(asap: &str, extra: &[&str]) -> Proc {
         let mut child = Command::new(bin())
-            .args(["registrar", "--asap", "tcp://127.0.0.1:0"])
+            .args(["registrar", "--asap", asap])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

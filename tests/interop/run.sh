@@ -7,30 +7,67 @@
 #       bash tests/interop/run.sh
 #
 # Steps (each prints PASS/FAIL; the exit status is the number of failures):
-#   0. the Rust SCTP tests (test binaries built on the host, filter "sctp")
 #   1. `rserpool registrar` with no --asap listens on TCP and SCTP 3863
-#   2. our registrar on a multi-homed SCTP endpoint; RSPLIB's `rspserver -echo`
-#      registers there (Registration Life in ms: --profile rsplib)
-#   3. our `rserpool resolve` and `rserpool dump` over SCTP see RSPLIB's PE
-#   4. RSPLIB's `rspterminal` resolves EchoPool through our registrar and gets
-#      its echo back from the PE
-#   5. all of it is captured (dumpcap, in the namespace) to $OUT/cap.pcap;
-#      tests/interop/check-capture.sh then checks with tshark that there is no
+#   2. everything else starts, in a network namespace, under a capture:
+#      - R1, our registrar (--profile rsplib: Registration Life in ms), on a
+#        multi-homed SCTP ASAP endpoint and SCTP ENRP, mentor: RSP;
+#      - RSP, RSPLIB's `rspregistrar`, naming no peer: it learns us from our
+#        presences;
+#      - R3, a second registrar of ours, mentor: RSP;
+#      - RSP2, a second `rspregistrar`, naming R1 as its peer;
+#      - RSPLIB's `rspserver -echo`: PE1 (EchoPool) registers at R1, PE2
+#        (RspPool) at RSP
+#   3. meanwhile the Rust SCTP tests (test binaries built on the host, filter
+#      "sctp", on loopback outside the namespace): RSPLIB's programs need tens
+#      of seconds just to start in the emulated guest
+#   4. PE1 is registered at R1; our `rserpool dump` and `rserpool resolve`
+#      over SCTP see it
+#   5. ENRP over SCTP with RSPLIB: R1 and R3 list both PEs with their homes,
+#      and RSP as an active peer; RSP resolves EchoPool to PE1 with R1 as
+#      home; RSP2 has both from us
+#   6. RSPLIB's `rspterminal` gets its echo through R1 from PE1, through RSP
+#      from PE1 (registered at R1) and through R1 from PE2 (registered at RSP)
+#   7. SIGKILL to RSP: R1 takes PE2 over (RSP2 and R3 ack; RSP2 applies our
+#      TAKEOVER_SERVER); PE2 adopts R1 on the H=1 keep-alive and keeps
+#      answering R1's keep-alives; R1, R3 and RSP2 resolve it with R1 as home
+#   8. SIGKILL to R1: RSP2 takes both PEs over (R3 acks, and follows without a
+#      takeover of its own although RSPLIB's TAKEOVER_SERVER never comes); the
+#      PEs answer RSP2's keep-alives; rspterminal gets its echo through RSP2
+#   9. all of it is captured (dumpcap, in the namespace) to $OUT/cap.pcap;
+#      tests/interop/check-capture.sh then checks with tshark that ASAP and
+#      every ENRP message type but ENRP_ERROR is there, that there is no
 #      malformed packet and no ASAP/ENRP expert warning. tshark needs over a
 #      minute just to start in the emulated guest, so by default that check
 #      runs on the host after the VM ends (the Rust wrapper does it);
 #      INTEROP_CHECK_IN_VM=1 runs it here instead.
 #
+# Why R3: RSPLIB completes a takeover only when an INIT_TAKEOVER_ACK arrives
+# (it waits for one from every other peer and does nothing when its wait
+# list starts empty), so with two registrars it never takes the dead one's
+# PEs over. R3 probes slowly (--enrp-max-time-no-response 30s) so that it
+# does not run a takeover of its own: RSPLIB arbitrates concurrent takeovers
+# the other way round from RFC 5353 (the lowest id wins); against our
+# registrars (highest id wins, as the RFC says) our side wins after a retry,
+# so R3 would take R1 over rather than RSP2. See docs/sctp.md.
+#
 # Network: everything runs in a network namespace this script creates, on a
-# dummy interface carrying 10.77.0.1 and 10.77.0.2 (RSPLIB refuses
-# loopback-only PEs); no traffic leaves the namespace.
+# dummy interface carrying 10.77.0.1-10.77.0.6 (RSPLIB refuses loopback-only
+# PEs); no traffic leaves the namespace.
 set -uo pipefail
 
 BIN=${RSERPOOL_BIN:-target/debug/rserpool}
 OUT=${INTEROP_OUT:-target/interop}
 NS=rsptest$$
-A1=10.77.0.1
+A1=10.77.0.1 # R1 (with A2)
 A2=10.77.0.2
+A3=10.77.0.3 # rspregistrar
+A4=10.77.0.4 # R3
+A5=10.77.0.5 # RSPLIB's second PE
+A6=10.77.0.6 # the second rspregistrar
+R1_ID=0x5eed0001
+R3_ID=0x5eed0003
+RSP_ID=0x7e570002
+RSP2_ID=0x7e570004
 mkdir -p "$OUT"
 rm -f "$OUT"/*.log "$OUT"/cap.pcap
 failures=0
@@ -68,11 +105,117 @@ wait_for() {
   return 1
 }
 show() { sed 's/^/    | /' "$@" | tail -n 25; }
+# Poll a command (a shell function) every half second until it succeeds, at
+# most SECS seconds (a hang guard; how long things take is not a pass criterion).
+until_ok() {
+  local secs=$1 i
+  shift
+  for ((i = 0; i < secs * 2; i++)); do
+    "$@" && return 0
+    sleep 0.5
+  done
+  return 1
+}
+# The home registrar id (0x........) of the first PE of POOL as the registrar
+# at URL resolves it; empty when it has none.
+home_at() {
+  N "$BIN" resolve --registrar "$1" --pool "$2" --json 2>/dev/null |
+    grep -o '"home_hex":"0x[0-9a-f]*"' | head -1 | cut -d'"' -f4
+}
+# dump at URL (to FILE) lists PE of POOL with home HOME.
+dump_has() {
+  local url=$1 file=$2 pool=$3 home=$4
+  N "$BIN" dump --registrar "$url" >"$file" 2>&1 &&
+    grep -A1 "^pool \"$pool\"" "$file" | grep -q "home $home"
+}
+# Count the keep-alives an RSPLIB PE logged from registrar ID (its -loglevel=6).
+kas_from() { grep -ac "EndpointKeepAlive from registrar \$${2#0x}" "$1" 2>/dev/null; }
+# Start rspterminal on POOL through the registrar at ADDR:3863, send one line,
+# wait for its echo; $1 = a name for the log.
+echo_through() {
+  local name=$1 reg=$2 pool=$3 fifo pid
+  fifo=$(mktemp -u)
+  mkfifo "$fifo"
+  "${NX[@]}" rspterminal -registrar=$reg:3863 -asapannounce=off -poolhandle=$pool \
+    <"$fifo" >"$OUT/$name.log" 2>&1 &
+  pid=$!
+  pids+=($pid)
+  exec 4>"$fifo"
+  echo "hello-$name" >&4
+  wait_for "$OUT/$name.log" "from PE .*hello-$name" 60
+  exec 4>&-
+  stop "$pid"
+  rm -f "$fifo"
+  grep -aqE "from PE .*hello-$name" "$OUT/$name.log"
+}
 
 echo "== SCTP suite in $(uname -r), $(nproc) CPUs"
 [ -x "$BIN" ] || { echo "FAIL: no binary $BIN (build on the host first)"; exit 1; }
 
-# ---- 0. the Rust SCTP tests ---------------------------------------------------
+# ---- the namespace ------------------------------------------------------------
+ip netns add "$NS"
+N ip link set lo up
+N ip link add dummy0 type dummy
+for a in $A1 $A2 $A3 $A4 $A5 $A6; do N ip addr add $a/24 dev dummy0; done
+N ip link set dummy0 up
+
+# ---- 1. default endpoints -------------------------------------------------------
+"${NX[@]}" "$BIN" registrar --server-id 0x5eed0000 >"$OUT/default.log" 2>&1 &
+pids+=($!)
+if wait_for "$OUT/default.log" '^listening asap sctp://0\.0\.0\.0:3863$' 30 &&
+  grep -q '^listening asap tcp://0.0.0.0:3863$' "$OUT/default.log"; then
+  pass "default registrar listens on tcp and sctp 3863"
+else
+  fail "default registrar endpoints"
+  show "$OUT/default.log"
+fi
+stop "${pids[-1]}"
+unset 'pids[-1]'
+
+# ---- 2. the registrars and PEs, under a capture ---------------------------------------
+: >"$OUT/cap.pcap"
+chmod 666 "$OUT/cap.pcap" 2>/dev/null
+"${NX[@]}" dumpcap -q -i lo -i dummy0 -w "$OUT/cap.pcap" -f sctp >"$OUT/dumpcap.log" 2>&1 &
+pids+=($!)
+cap_pid=$!
+# dumpcap writes the pcapng header once both interfaces are open.
+for ((i = 0; i < 100; i++)); do [ -s "$OUT/cap.pcap" ] && break; sleep 0.1; done
+sleep 0.5
+
+# RSP first, so that it is up when R1 and R3 dial it.
+"${NX[@]}" rspregistrar -identifier=$RSP_ID -asap=$A3:3863 -enrp=$A3:9901 \
+  -asapannounce=off -enrpannounce=off -loglevel=4 -logcolor=off \
+  >"$OUT/rspregistrar.log" 2>&1 </dev/null &
+rsp_pid=$!
+pids+=($rsp_pid)
+"${NX[@]}" "$BIN" registrar --profile rsplib --server-id $R1_ID \
+  --asap "sctp://$A1,$A2:3863" --asap "tcp://$A1:3863" \
+  --enrp "sctp://$A1:9901" --peer "sctp://$A3:9901" >"$OUT/registrar.log" 2>&1 &
+r1_pid=$!
+pids+=($r1_pid)
+"${NX[@]}" "$BIN" registrar --profile rsplib --server-id $R3_ID \
+  --asap "sctp://$A4:3863" --enrp "sctp://$A4:9901" --peer "sctp://$A3:9901" \
+  --enrp-max-time-no-response 30s >"$OUT/registrar3.log" 2>&1 &
+pids+=($!)
+"${NX[@]}" rspregistrar -identifier=$RSP2_ID -asap=$A6:3863 -enrp=$A6:9901 -peer=$A1:9901 \
+  -asapannounce=off -enrpannounce=off -loglevel=4 -logcolor=off \
+  >"$OUT/rspregistrar2.log" 2>&1 </dev/null &
+rsp2_pid=$!
+pids+=($rsp2_pid)
+"${NX[@]}" rspserver -echo -registrar=$A1:3863 -asapannounce=off -local=$A1 \
+  -poolhandle=EchoPool -loglevel=6 -logcolor=off >"$OUT/rspserver.log" 2>&1 </dev/null &
+pids+=($!)
+"${NX[@]}" rspserver -echo -registrar=$A3:3863 -asapannounce=off -local=$A5 \
+  -poolhandle=RspPool -loglevel=6 -logcolor=off >"$OUT/rspserver2.log" 2>&1 </dev/null &
+pids+=($!)
+if wait_for "$OUT/registrar.log" "^listening asap sctp://$A1,$A2:3863\$" 30; then
+  pass "registrar: $(grep '^listening asap sctp' "$OUT/registrar.log")"
+else
+  fail "registrar did not start on sctp://$A1,$A2:3863"
+  show "$OUT/registrar.log"
+fi
+
+# ---- 3. the Rust SCTP tests ---------------------------------------------------
 if [ -n "${RSERPOOL_SCTP_TESTS:-}" ]; then
   for t in $RSERPOOL_SCTP_TESTS; do
     name=$(basename "$t")
@@ -89,75 +232,18 @@ else
 fi
 echo "   ($(elapsed))"
 
-# ---- the namespace ------------------------------------------------------------
-ip netns add "$NS"
-N ip link set lo up
-N ip link add dummy0 type dummy
-N ip addr add $A1/24 dev dummy0
-N ip addr add $A2/24 dev dummy0
-N ip link set dummy0 up
-
-# ---- 1. default endpoints -------------------------------------------------------
-"${NX[@]}" "$BIN" registrar --server-id 0x5eed0000 >"$OUT/default.log" 2>&1 &
-pids+=($!)
-if wait_for "$OUT/default.log" '^listening asap sctp://0\.0\.0\.0:3863$' 30 &&
-  grep -q '^listening asap tcp://0.0.0.0:3863$' "$OUT/default.log"; then
-  pass "default registrar listens on tcp and sctp 3863"
-else
-  fail "default registrar endpoints"
-  show "$OUT/default.log"
-fi
-stop "${pids[-1]}"
-unset 'pids[-1]'
-
-# ---- capture ----------------------------------------------------------------------
-: >"$OUT/cap.pcap"
-chmod 666 "$OUT/cap.pcap" 2>/dev/null
-"${NX[@]}" dumpcap -q -i lo -i dummy0 -w "$OUT/cap.pcap" -f sctp >"$OUT/dumpcap.log" 2>&1 &
-pids+=($!)
-cap_pid=$!
-# dumpcap writes the pcapng header once both interfaces are open.
-for ((i = 0; i < 100; i++)); do [ -s "$OUT/cap.pcap" ] && break; sleep 0.1; done
-sleep 0.5
-
-# ---- 2. our registrar, RSPLIB's PE ----------------------------------------------------
-"${NX[@]}" "$BIN" registrar --profile rsplib --server-id 0x5eed0001 \
-  --asap "sctp://$A1,$A2:3863" --asap "tcp://$A1:3863" >"$OUT/registrar.log" 2>&1 &
-pids+=($!)
-if wait_for "$OUT/registrar.log" "^listening asap sctp://$A1,$A2:3863\$" 30; then
-  pass "registrar: $(grep '^listening asap sctp' "$OUT/registrar.log")"
-else
-  fail "registrar did not start on sctp://$A1,$A2:3863"
-  show "$OUT/registrar.log"
-fi
-
-"${NX[@]}" rspserver -echo -registrar=$A1:3863 -asapannounce=off -local=$A1 \
-  -poolhandle=EchoPool >"$OUT/rspserver.log" 2>&1 </dev/null &
-pids+=($!)
-registered=0
-for ((i = 0; i < 60; i++)); do
-  if N "$BIN" dump --registrar "sctp://$A1:3863" >"$OUT/dump.log" 2>&1 &&
-    grep -q "EchoPool" "$OUT/dump.log"; then
-    registered=1
-    break
-  fi
-  sleep 0.5
-done
-if [ $registered = 1 ]; then
-  pass "rspserver registered at our registrar over SCTP ($(elapsed))"
+# ---- 4. RSPLIB's PE at our registrar, our tools over SCTP -------------------------------
+pe1_registered() {
+  N "$BIN" dump --registrar "sctp://$A1:3863" >"$OUT/dump.log" 2>&1 &&
+    grep -A1 '^pool "EchoPool"' "$OUT/dump.log" | grep -q "home $R1_ID"
+}
+if until_ok 120 pe1_registered; then
+  pass "rspserver registered at our registrar over SCTP ($(elapsed)); rserpool dump over SCTP:"
+  show "$OUT/dump.log"
 else
   fail "rspserver did not register"
   show "$OUT/rspserver.log"
   show "$OUT/registrar.log"
-fi
-
-# ---- 3. our tools over SCTP ------------------------------------------------------------
-if grep -qE "PE 0x[0-9a-f]{8} +sctp" "$OUT/dump.log" || grep -qE "PE 0x" "$OUT/dump.log"; then
-  pass "rserpool dump over SCTP shows RSPLIB's PE:"
-  show "$OUT/dump.log"
-else
-  fail "dump over SCTP"
-  show "$OUT/dump.log"
 fi
 if N "$BIN" resolve --registrar "sctp://$A2:3863" --pool EchoPool --json >"$OUT/resolve.log" 2>&1 &&
   grep -q '"elements":\[{' "$OUT/resolve.log" && grep -q "$A1" "$OUT/resolve.log"; then
@@ -167,35 +253,203 @@ else
   show "$OUT/resolve.log"
 fi
 
-# ---- 4. RSPLIB's PU through our registrar ---------------------------------------------
-# rspterminal reads its stdin (a FIFO we hold open); stop it once the echo is in.
-fifo=$(mktemp -u)
-mkfifo "$fifo"
-"${NX[@]}" rspterminal -registrar=$A1:3863 -asapannounce=off -poolhandle=EchoPool \
-  <"$fifo" >"$OUT/rspterminal.log" 2>&1 &
-term_pid=$!
-pids+=($term_pid)
-exec 3>"$fifo"
-echo "hello-from-rspterminal" >&3
-wait_for "$OUT/rspterminal.log" 'from PE .*hello-from-rspterminal' 60
-exec 3>&-
-stop "$term_pid"
-rm -f "$fifo"
-if grep -aqE 'from PE .*hello-from-rspterminal' "$OUT/rspterminal.log"; then
-  pass "rspterminal got its echo through our registrar: $(grep -a hello-from "$OUT/rspterminal.log" | tail -1 | tr -d '\033' | cut -c1-80)"
+# ---- 5. ENRP with rspregistrar ---------------------------------------------------------
+r1_sees_both() {
+  dump_has "sctp://$A1:3863" "$OUT/dump-r1.log" RspPool $RSP_ID &&
+    grep -A1 '^pool "EchoPool"' "$OUT/dump-r1.log" | grep -q "home $R1_ID" &&
+    grep -qE "peer $RSP_ID +$A3:9901 +active" "$OUT/dump-r1.log" &&
+    grep -qE "peer $RSP2_ID +$A6:9901 +active" "$OUT/dump-r1.log"
+}
+if until_ok 90 r1_sees_both; then
+  pass "R1 lists RSP's PE (home $RSP_ID) and its own; RSP and RSP2 are active peers ($(elapsed))"
+  show "$OUT/dump-r1.log"
 else
-  fail "rspterminal echo"
-  show "$OUT/rspterminal.log"
+  fail "R1 and rspregistrar do not share their PEs"
+  show "$OUT/dump-r1.log"
+  show "$OUT/rspregistrar.log"
+fi
+r3_sees_both() {
+  dump_has "sctp://$A4:3863" "$OUT/dump-r3.log" RspPool $RSP_ID &&
+    grep -A1 '^pool "EchoPool"' "$OUT/dump-r3.log" | grep -q "home $R1_ID"
+}
+if until_ok 30 r3_sees_both; then
+  pass "R3 (mentor: RSP) lists both PEs with their homes"
+else
+  fail "R3 does not list both PEs"
+  show "$OUT/dump-r3.log"
+fi
+# RSPLIB's view, through ASAP (it answers handle table requests only to
+# known peers).
+h=$(home_at "sctp://$A3:3863" EchoPool)
+if [ "$h" = "$R1_ID" ]; then
+  pass "RSP resolves EchoPool to R1's PE (home $h)"
+else
+  fail "RSP resolves EchoPool to home '$h', want $R1_ID"
+  show "$OUT/rspregistrar.log"
+fi
+# RSPLIB took every presence of ours (it drops one whose ENRP port is not
+# the association's: we dial from our ENRP port) and answered our handle
+# table requests (it refuses servers it does not know).
+if grep -aE "Presence from peer .5eed.* no usable ENRP endpoint|HandleTableRequest from peer .5eed.*unknown" \
+  "$OUT/rspregistrar.log" "$OUT/rspregistrar2.log" >"$OUT/rsplib-refusals.log"; then
+  fail "RSPLIB refused our presences or table requests"
+  show "$OUT/rsplib-refusals.log"
+else
+  pass "RSPLIB accepted our presences and answered our handle table requests"
+fi
+rsp2_has_both() {
+  [ "$(home_at "sctp://$A6:3863" EchoPool)" = "$R1_ID" ] &&
+    [ "$(home_at "sctp://$A6:3863" RspPool)" = "$RSP_ID" ]
+}
+if until_ok 30 rsp2_has_both; then
+  pass "RSP2 (peer: R1) resolves both pools with their homes"
+else
+  fail "RSP2: EchoPool $(home_at "sctp://$A6:3863" EchoPool), RspPool $(home_at "sctp://$A6:3863" RspPool)"
+  show "$OUT/rspregistrar2.log"
 fi
 echo "   ($(elapsed))"
 
-# ---- 5. the capture ---------------------------------------------------------------------
+# ---- 6. RSPLIB's PU through either registrar ----------------------------------------------
+# In parallel: each rspterminal takes seconds to start.
+echo_through term-r1-echopool $A1 EchoPool &
+e1=$!
+echo_through term-rsp-echopool $A3 EchoPool &
+e2=$!
+echo_through term-r1-rsppool $A1 RspPool &
+e3=$!
+if wait $e1; then
+  pass "rspterminal through R1: $(grep -a hello- "$OUT/term-r1-echopool.log" | tail -1 | tr -d '\033' | cut -c1-60)"
+else
+  fail "rspterminal through R1 to EchoPool"
+  show "$OUT/term-r1-echopool.log"
+fi
+if wait $e2; then
+  pass "rspterminal through RSP reaches the PE registered at R1"
+else
+  fail "rspterminal through RSP to EchoPool"
+  show "$OUT/term-rsp-echopool.log"
+fi
+if wait $e3; then
+  pass "rspterminal through R1 reaches the PE registered at RSP"
+else
+  fail "rspterminal through R1 to RspPool"
+  show "$OUT/term-r1-rsppool.log"
+fi
+echo "   ($(elapsed))"
+
+# ---- 7. RSP dies: R1 takes its PE over --------------------------------------------------
+ka_before=$(kas_from "$OUT/rspserver2.log" $R1_ID)
+kill -9 $rsp_pid
+r1_owns_rsppool() { dump_has "sctp://$A1:3863" "$OUT/dump-r1.log" RspPool $R1_ID; }
+if until_ok 60 r1_owns_rsppool &&
+  grep -qE "peer $RSP_ID .*taken-over" "$OUT/dump-r1.log"; then
+  pass "RSP killed: R1 took its PE over ($(elapsed))"
+else
+  fail "R1 did not take RSP's PE over"
+  show "$OUT/dump-r1.log"
+fi
+# RSPLIB acked our INIT_TAKEOVER and applied our TAKEOVER_SERVER.
+if grep -aqE "Acknowledging peer .${R1_ID#0x}'s takeover of .${RSP_ID#0x}" "$OUT/rspregistrar2.log" &&
+  wait_for "$OUT/rspregistrar2.log" "Got TakeoverServer from peer .${R1_ID#0x} for target .${RSP_ID#0x}" 10; then
+  pass "RSP2 acked R1's takeover and applied its TAKEOVER_SERVER"
+else
+  fail "RSP2 and R1's takeover"
+  show "$OUT/rspregistrar2.log"
+fi
+# PE2 adopted R1 (H=1 keep-alive) and answers R1's keep-alives: it logs
+# them, and R1 keeps it (a missing ack would remove it).
+pe2_answers_r1() { [ "$(kas_from "$OUT/rspserver2.log" $R1_ID)" -ge $((ka_before + 2)) ]; }
+if until_ok 60 pe2_answers_r1 && r1_owns_rsppool; then
+  pass "PE2 answers R1's keep-alives ($(kas_from "$OUT/rspserver2.log" $R1_ID) so far)"
+else
+  fail "PE2 does not answer R1's keep-alives"
+  show "$OUT/rspserver2.log"
+fi
+rsppool_home_r1() {
+  [ "$(home_at "sctp://$A1:3863" RspPool)" = "$R1_ID" ] &&
+    [ "$(home_at "sctp://$A4:3863" RspPool)" = "$R1_ID" ] &&
+    [ "$(home_at "sctp://$A6:3863" RspPool)" = "$R1_ID" ]
+}
+if until_ok 30 rsppool_home_r1; then
+  pass "R1, R3 and RSP2 resolve RspPool with R1 as home"
+else
+  fail "RspPool homes after the takeover: R1 $(home_at "sctp://$A1:3863" RspPool), R3 $(home_at "sctp://$A4:3863" RspPool), RSP2 $(home_at "sctp://$A6:3863" RspPool)"
+fi
+echo "   ($(elapsed))"
+
+# ---- 8. R1 dies: RSP2 takes its PEs over ------------------------------------------------
+# RSP2 waits for an ack from every peer it lists: let it drop the dead RSP
+# first (it does so MAX-TIME-NO-RESPONSE after acking its takeover).
+if ! wait_for "$OUT/rspregistrar2.log" "Dead peer .${RSP_ID#0x}" 30; then
+  fail "RSP2 still lists the dead RSP"
+  show "$OUT/rspregistrar2.log"
+fi
+ka1_before=$(kas_from "$OUT/rspserver.log" $RSP2_ID)
+ka2_before=$(kas_from "$OUT/rspserver2.log" $RSP2_ID)
+kill -9 $r1_pid
+if wait_for "$OUT/rspregistrar2.log" "Takeover of peer .${R1_ID#0x} completed" 60; then
+  pass "R1 killed: RSP2 took it over ($(elapsed))"
+else
+  fail "RSP2 did not take R1 over"
+  show "$OUT/rspregistrar2.log"
+fi
+echo_through term-rsp2-echopool $A6 EchoPool &
+e4=$!
+rsp2_home() {
+  [ "$(home_at "sctp://$A6:3863" EchoPool)" = "$RSP2_ID" ] &&
+    [ "$(home_at "sctp://$A6:3863" RspPool)" = "$RSP2_ID" ]
+}
+if until_ok 30 rsp2_home; then
+  pass "RSP2 resolves both pools with itself as home"
+else
+  fail "RSP2's homes after the takeover: EchoPool $(home_at "sctp://$A6:3863" EchoPool), RspPool $(home_at "sctp://$A6:3863" RspPool)"
+fi
+# R3 acked and follows: both PEs home at RSP2, R1 taken over by it (RSPLIB's
+# TAKEOVER_SERVER never arrives; R3 sees the win through its audit and must
+# not start a takeover of its own).
+r3_follows() {
+  dump_has "sctp://$A4:3863" "$OUT/dump-r3.log" EchoPool $RSP2_ID &&
+    grep -A1 '^pool "RspPool"' "$OUT/dump-r3.log" | grep -q "home $RSP2_ID" &&
+    N "$BIN" dump --registrar "sctp://$A4:3863" --json >"$OUT/dump-r3.json" 2>&1 &&
+    grep -qE "\"id\":$((R1_ID)),[^}]*\"taken_over_by\":$((RSP2_ID))[,}]" "$OUT/dump-r3.json"
+}
+if until_ok 30 r3_follows; then
+  pass "R3 follows: both PEs home at $RSP2_ID, R1 taken over by it"
+  show "$OUT/dump-r3.log"
+else
+  fail "R3 after RSP2's takeover"
+  show "$OUT/dump-r3.log"
+  show "$OUT/dump-r3.json"
+fi
+pes_answer_rsp2() {
+  [ "$(kas_from "$OUT/rspserver.log" $RSP2_ID)" -ge $((ka1_before + 2)) ] &&
+    [ "$(kas_from "$OUT/rspserver2.log" $RSP2_ID)" -ge $((ka2_before + 2)) ]
+}
+if until_ok 60 pes_answer_rsp2; then
+  pass "both PEs answer RSP2's keep-alives"
+else
+  fail "keep-alives from RSP2"
+  show "$OUT/rspserver.log"
+fi
+if wait $e4; then
+  pass "rspterminal through RSP2 reaches PE1, which R1 had"
+else
+  fail "rspterminal through RSP2 after the takeover"
+  show "$OUT/term-rsp2-echopool.log"
+fi
+echo "   ($(elapsed))"
+
+# ---- 9. the capture ---------------------------------------------------------------------
 sleep 1
 stop "$cap_pid"
 if [ -s "$OUT/cap.pcap" ]; then
   pass "captured $(stat -c %s "$OUT/cap.pcap") bytes of SCTP to $OUT/cap.pcap"
   if [ "${INTEROP_CHECK_IN_VM:-0}" = 1 ]; then
-    if bash tests/interop/check-capture.sh "$OUT/cap.pcap"; then pass "capture check"; else fail "capture check"; fi
+    if bash tests/interop/check-capture.sh "$OUT/cap.pcap" 1 2 3 4 5 6 7 8 9; then
+      pass "capture check"
+    else
+      fail "capture check"
+    fi
   fi
 else
   fail "no capture (see $OUT/dumpcap.log)"

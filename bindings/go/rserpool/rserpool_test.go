@@ -8,8 +8,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -371,5 +373,195 @@ func TestCloseWhileBlocked(t *testing.T) {
 		if !errors.Is(err, ErrInvalidHandle) {
 			t.Fatalf("after Close: %v", err)
 		}
+	}
+}
+
+// echoPE serves a PEServer: every message of every session comes back
+// prefixed with the PE identifier; a session that gets "bye" is closed
+// without an answer.
+func echoPE(t *testing.T, srv *PEServer, stop <-chan struct{}) {
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		s, err := srv.Accept(100 * time.Millisecond)
+		if errors.Is(err, ErrTimeout) {
+			continue
+		}
+		if err != nil {
+			return
+		}
+		go func() {
+			defer s.Close()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				n, err := s.Recv(100 * time.Millisecond)
+				if errors.Is(err, ErrTimeout) {
+					continue
+				}
+				if err != nil || n.Kind == NotifyClosed || string(n.Data) == "bye" {
+					return
+				}
+				if n.Kind == NotifyData {
+					reply := append([]byte(strconv.FormatUint(uint64(srv.ID), 10)+":"), n.Data...)
+					if _, err := s.Send(reply, n.PPID, 0); err != nil {
+						t.Errorf("echo: %v", err)
+					}
+				}
+			}
+		}()
+	}
+}
+
+func readable(fd int, timeout time.Duration) bool {
+	var set syscall.FdSet
+	set.Bits[fd/64] |= 1 << (uint(fd) % 64)
+	tv := syscall.NsecToTimeval(timeout.Nanoseconds())
+	n, err := syscall.Select(fd+1, &set, nil, nil, &tv)
+	return err == nil && n == 1
+}
+
+func TestSessions(t *testing.T) {
+	url := registrar(t)
+	timers := map[Timer]time.Duration{}
+	for k, v := range fast {
+		timers[k] = v
+	}
+	timers[TimerStaleCache] = 0
+	peCtx, err := NewContext(Config{Registrars: []string{url}, Timers: fast})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peCtx.Close()
+	puCtx, err := NewContext(Config{Registrars: []string{url}, Timers: timers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer puCtx.Close()
+
+	stop := make(chan struct{})
+	var servers []*PEServer
+	for i := 0; i < 2; i++ {
+		srv, err := peCtx.PEListen("go-sessions", "tcp://127.0.0.1:0", Policy{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(srv.URL, "tcp://127.0.0.1:") || srv.ID == 0 {
+			t.Fatalf("server %+v", srv)
+		}
+		servers = append(servers, srv)
+		go echoPE(t, srv, stop)
+	}
+	defer func() {
+		close(stop)
+		for _, s := range servers {
+			_ = s.Close()
+		}
+	}()
+	prefix := func(id uint32, m string) string { return strconv.FormatUint(uint64(id), 10) + ":" + m }
+
+	s, err := puCtx.OpenSession("go-sessions", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := s.Recv(deadline)
+	if err != nil || n.Kind != NotifyConnected {
+		t.Fatalf("first notification %+v, %v", n, err)
+	}
+	first := n.PEID
+	other := servers[0].ID
+	if other == first {
+		other = servers[1].ID
+	}
+
+	r, err := s.Send([]byte("hello"), 42, 0)
+	if err != nil || r != (SendReceipt{Seq: 0, PEID: first}) {
+		t.Fatalf("send: %+v, %v", r, err)
+	}
+	fd, err := s.Fd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !readable(fd, deadline) {
+		t.Fatal("the session descriptor did not become readable")
+	}
+	n, err = s.Recv(0)
+	if err != nil || n.Kind != NotifyData || string(n.Data) != prefix(first, "hello") || n.PPID != 42 {
+		t.Fatalf("echo: %+v, %v", n, err)
+	}
+	if readable(fd, 0) {
+		t.Fatal("readable with nothing waiting")
+	}
+	if _, err := s.Recv(0); !errors.Is(err, ErrWouldBlock) {
+		t.Fatalf("Recv(0) with nothing waiting: %v", err)
+	}
+	if _, err := s.Recv(50 * time.Millisecond); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("Recv(50ms) with nothing waiting: %v", err)
+	}
+	if _, err := s.Send([]byte("x"), PPIDASAP, 0); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("PPID 11: %v", err)
+	}
+	if _, err := s.SendToPE(0x5151, []byte("x"), 42, 0); !errors.Is(err, ErrUnknownPE) {
+		t.Fatalf("unknown PE: %v", err)
+	}
+
+	// The PE drops the session: automatic fail-over to the other one.
+	if _, err := s.Send([]byte("bye"), 42, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err = s.Recv(deadline)
+	if err != nil || n.Kind != NotifyFailover || n.FromPEID != first || n.PEID != other {
+		t.Fatalf("fail-over: %+v, %v", n, err)
+	}
+	if _, err := s.Send([]byte("again"), 42, SendFailover); err != nil {
+		t.Fatal(err)
+	}
+	n, err = s.Recv(deadline)
+	if err != nil || string(n.Data) != prefix(other, "again") {
+		t.Fatalf("after the fail-over: %+v, %v", n, err)
+	}
+	st, err := s.Status()
+	if err != nil || st.Failovers != 1 || st.PEID != other || st.State != 3 {
+		t.Fatalf("status %+v, %v", st, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(0); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Recv after Close: %v", err)
+	}
+
+	// A transport address; a pool nobody serves.
+	d, err := puCtx.OpenSessionAddr(servers[0].URL, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Send([]byte("direct"), 44, 0); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		n, err := d.Recv(deadline)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n.Kind == NotifyData {
+			if string(n.Data) != prefix(servers[0].ID, "direct") {
+				t.Fatalf("direct: %q", n.Data)
+			}
+			break
+		}
+	}
+	_ = d.Close()
+	if _, err := puCtx.OpenSession("go-nobody", &SessionOptions{MaxAttempts: 1, RetryInterval: 50 * time.Millisecond}); !errors.Is(err, ErrUnknownPool) {
+		t.Fatalf("unknown pool: %v", err)
 	}
 }

@@ -40,6 +40,7 @@ import ctypes.util
 import json
 import os
 import socket
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,10 @@ __all__ = [
     "Context",
     "PoolElement",
     "ServerInfo",
+    "Session",
+    "PeServer",
+    "Notification",
+    "SendReceipt",
     "decode",
     "version",
     "version_number",
@@ -70,6 +75,9 @@ __all__ = [
     "NoSctp",
     "OSFailure",
     "NoUsableElement",
+    "WouldBlock",
+    "SessionClosed",
+    "WouldDeadlock",
     "MalformedMessage",
     "InternalError",
 ]
@@ -80,6 +88,8 @@ API_VERSION = 100
 
 PPID_ASAP = 11
 PPID_ENRP = 12
+#: The longest message a session sends (one DATA chunk of the TCP mapping).
+MAX_MESSAGE_LEN = 65519
 
 # ---------------------------------------------------------------------------
 # Errors
@@ -129,6 +139,11 @@ class UnknownPE(RserpoolError):
     deregistered, or given up by the library."""
 
 
+class WouldDeadlock(InvalidState):
+    """A waiting call from a session callback, on the library's thread
+    (code -7)."""
+
+
 class ProtocolError(RserpoolError):
     """The registrar answered with an error cause (codes -100 to -199)."""
 
@@ -165,6 +180,15 @@ class NoUsableElement(TransportError):
     """Every pool element of the pool was reported unreachable (code -206)."""
 
 
+class WouldBlock(TransportError):
+    """Nothing to do without waiting (code -205): a session's send buffer is
+    full, or nothing to accept."""
+
+
+class SessionClosed(TransportError):
+    """The session (or pool element server) is closed (code -207)."""
+
+
 class MalformedMessage(RserpoolError, ValueError):
     """The input is not a well-formed message (code -300); ``offset`` is the
     byte offset of the problem when known."""
@@ -189,13 +213,16 @@ _EXACT: Dict[int, Type[RserpoolError]] = {
     -4: InvalidHandle,
     -5: InvalidState,
     -6: UnknownPE,
+    -7: WouldDeadlock,
     -109: UnknownPool,
     -200: NoRegistrar,
     -201: Timeout,
     -202: ConnectionLost,
     -203: NoSctp,
     -204: OSFailure,
+    -205: WouldBlock,
     -206: NoUsableElement,
+    -207: SessionClosed,
     -300: MalformedMessage,
     -900: InternalError,
 }
@@ -284,6 +311,76 @@ class _ServerInfo(_c.Structure):
 # Loading the library
 # ---------------------------------------------------------------------------
 
+class _SessionParams(_c.Structure):
+    _fields_ = [
+        ("auto_failover", _c.c_uint32),
+        ("upper_layer_acks", _c.c_uint32),
+        ("ack_events", _c.c_uint32),
+        ("nonblock", _c.c_uint32),
+        ("open_timeout_ms", _c.c_uint32),
+        ("connect_timeout_ms", _c.c_uint32),
+        ("retry_interval_ms", _c.c_uint32),
+        ("max_attempts", _c.c_uint32),
+        ("max_buffered", _c.c_size_t),
+        ("max_buffered_bytes", _c.c_size_t),
+        ("failover_pool", _c.c_char_p),
+        ("failover_pool_len", _c.c_size_t),
+    ]
+
+
+class _Dest(_c.Structure):
+    _fields_ = [("kind", _c.c_uint32), ("pe_id", _c.c_uint32)]
+
+
+class _Notification(_c.Structure):
+    _fields_ = [
+        ("kind", _c.c_uint32),
+        ("ppid", _c.c_uint32),
+        ("pe_id", _c.c_uint32),
+        ("from_pe_id", _c.c_uint32),
+        ("stream", _c.c_uint16),
+        ("reserved", _c.c_uint16),
+        ("error", _c.c_int32),
+        ("seq", _c.c_uint64),
+        ("len", _c.c_size_t),
+        ("count", _c.c_size_t),
+    ]
+
+
+class _SessionStatus(_c.Structure):
+    _fields_ = [
+        ("state", _c.c_uint32),
+        ("pe_id", _c.c_uint32),
+        ("buffered", _c.c_size_t),
+        ("sent", _c.c_uint64),
+        ("resent", _c.c_uint64),
+        ("acked", _c.c_uint64),
+        ("failovers", _c.c_uint64),
+        ("connect_attempts", _c.c_uint64),
+        ("cookies", _c.c_uint64),
+    ]
+
+
+class _PeListenParams(_c.Structure):
+    _fields_ = [
+        ("pool_handle", _c.c_char_p),
+        ("handle_len", _c.c_size_t),
+        ("listen_url", _c.c_char_p),
+        ("policy", _Policy),
+        ("reg_life", _c.c_int32),
+        ("pe_id", _c.c_uint32),
+    ]
+
+
+#: void (*)(rserpool_session *, uint32_t ppid, uint16_t stream, const uint8_t *, size_t, void *)
+_DATA_CB = _c.CFUNCTYPE(
+    None, _c.c_void_p, _c.c_uint32, _c.c_uint16, _c.POINTER(_c.c_uint8), _c.c_size_t, _c.c_void_p
+)
+#: void (*)(rserpool_session *, uint32_t from, uint32_t to, const uint64_t *, size_t, void *)
+_FAILOVER_CB = _c.CFUNCTYPE(
+    None, _c.c_void_p, _c.c_uint32, _c.c_uint32, _c.POINTER(_c.c_uint64), _c.c_size_t, _c.c_void_p
+)
+
 _LIB_NAME = "librserpool.so"
 _lib: Optional[ctypes.CDLL] = None
 _lib_lock = threading.Lock()
@@ -319,6 +416,59 @@ _SIGNATURES: Dict[str, Tuple[Any, Sequence[Any]]] = {
     ),
     "rserpool_report_failure": (_c.c_int, [_c.c_void_p, _u8p, _c.c_size_t, _c.c_uint32]),
     "rserpool_server_info_size": (_c.c_size_t, []),
+    "rserpool_session_params_init": (_c.c_int, [_c.POINTER(_SessionParams)]),
+    "rserpool_session_open": (
+        _c.c_int,
+        [_c.c_void_p, _u8p, _c.c_size_t, _c.POINTER(_SessionParams), _c.POINTER(_c.c_void_p)],
+    ),
+    "rserpool_session_open_addr": (
+        _c.c_int,
+        [_c.c_void_p, _c.c_char_p, _c.POINTER(_SessionParams), _c.POINTER(_c.c_void_p)],
+    ),
+    "rserpool_data_send": (
+        _c.c_int,
+        [
+            _c.c_void_p,
+            _c.POINTER(_Dest),
+            _u8p,
+            _c.c_size_t,
+            _c.c_uint32,
+            _c.c_uint32,
+            _c.POINTER(_c.c_uint32),
+            _c.POINTER(_c.c_uint64),
+        ],
+    ),
+    "rserpool_recv": (
+        _c.c_int,
+        [_c.c_void_p, _c.POINTER(_Notification), _c.c_void_p, _c.c_size_t, _c.c_int],
+    ),
+    "rserpool_session_fd": (_c.c_int, [_c.c_void_p, _c.POINTER(_c.c_int)]),
+    "rserpool_set_data_indication": (_c.c_int, [_c.c_void_p, _DATA_CB, _c.c_void_p]),
+    "rserpool_set_failover_callback": (_c.c_int, [_c.c_void_p, _FAILOVER_CB, _c.c_void_p]),
+    "rserpool_session_failover_now": (_c.c_int, [_c.c_void_p]),
+    "rserpool_session_cookie": (
+        _c.c_int,
+        [_c.c_void_p, _c.c_void_p, _c.c_size_t, _c.POINTER(_c.c_size_t)],
+    ),
+    "rserpool_session_get_status": (_c.c_int, [_c.c_void_p, _c.POINTER(_SessionStatus)]),
+    "rserpool_session_close": (_c.c_int, [_c.c_void_p]),
+    "rserpool_send_cookie": (_c.c_int, [_c.c_void_p, _u8p, _c.c_size_t]),
+    "rserpool_session_ack": (_c.c_int, [_c.c_void_p]),
+    "rserpool_notification_size": (_c.c_size_t, []),
+    "rserpool_session_params_size": (_c.c_size_t, []),
+    "rserpool_pe_listen_params_init": (_c.c_int, [_c.POINTER(_PeListenParams)]),
+    "rserpool_pe_listen": (
+        _c.c_int,
+        [_c.c_void_p, _c.POINTER(_PeListenParams), _c.POINTER(_c.c_void_p)],
+    ),
+    "rserpool_pe_server_pe_id": (_c.c_int, [_c.c_void_p, _c.POINTER(_c.c_uint32)]),
+    "rserpool_pe_server_local_url": (
+        _c.c_int,
+        [_c.c_void_p, _c.c_char_p, _c.c_size_t, _c.POINTER(_c.c_size_t)],
+    ),
+    "rserpool_pe_server_fd": (_c.c_int, [_c.c_void_p, _c.POINTER(_c.c_int)]),
+    "rserpool_pe_accept": (_c.c_int, [_c.c_void_p, _c.c_int, _c.POINTER(_c.c_void_p)]),
+    "rserpool_pe_server_close": (_c.c_int, [_c.c_void_p]),
     "rserpool_decode_json": (
         _c.c_int,
         [
@@ -402,12 +552,17 @@ def load_library(path: Optional[str] = None) -> ctypes.CDLL:
                 f"{lib._name} is version {got} ({lib.rserpool_version().decode()}), "
                 f"these bindings were written for API version {API_VERSION}"
             )
-        size = lib.rserpool_server_info_size()
-        if size != ctypes.sizeof(_ServerInfo):
-            raise LibraryError(
-                f"{lib._name}: rserpool_server_info is {size} bytes, "
-                f"these bindings define {ctypes.sizeof(_ServerInfo)}"
-            )
+        for cname, fn, struct in (
+            ("rserpool_server_info", lib.rserpool_server_info_size, _ServerInfo),
+            ("rserpool_notification", lib.rserpool_notification_size, _Notification),
+            ("rserpool_session_params", lib.rserpool_session_params_size, _SessionParams),
+        ):
+            size = fn()
+            if size != ctypes.sizeof(struct):
+                raise LibraryError(
+                    f"{lib._name}: {cname} is {size} bytes, "
+                    f"these bindings define {ctypes.sizeof(struct)}"
+                )
         _lib = lib
         return lib
 
@@ -843,6 +998,85 @@ class Context:
         handle = _pool_bytes(pool)
         _check(load_library().rserpool_report_failure(self._h(), handle, len(handle), pe_id))
 
+    # -- enhanced mode: sessions ---------------------------------------------
+
+    def open_session(self, pool: Union[str, bytes], **options: Any) -> "Session":
+        """Open an enhanced-mode session to ``pool``: the library picks a PE,
+        connects, and fails over when it fails.
+
+        Options (all keyword): ``nonblock`` (False: wait until the first PE
+        is connected), ``open_timeout`` (seconds; None: until connected or
+        given up), ``auto_failover`` (True), ``upper_layer_acks`` (True),
+        ``ack_events`` (False), ``connect_timeout`` (5.0 s),
+        ``retry_interval`` (1.0 s), ``max_attempts`` (5), ``max_buffered``
+        (1024), ``max_buffered_bytes`` (4 MiB).
+
+        :raises UnknownPool, NoUsableElement, NoRegistrar, Timeout:
+        """
+        handle = _pool_bytes(pool)
+        params = _session_params(options)
+        out = _c.c_void_p()
+        _check(
+            load_library().rserpool_session_open(
+                self._h(), handle, len(handle), _c.byref(params), _c.byref(out)
+            )
+        )
+        return Session(out.value, self)
+
+    def open_session_addr(
+        self, url: str, failover_pool: Union[str, bytes, None] = None, **options: Any
+    ) -> "Session":
+        """Open a session to the pool element at a transport address
+        (``tcp://ADDR:PORT`` or ``sctp://...``); with ``failover_pool`` it
+        fails over into that pool. Options as :meth:`open_session`."""
+        params = _session_params(options)
+        fpool = None
+        if failover_pool is not None:
+            fpool = _pool_bytes(failover_pool)
+            params.failover_pool = fpool
+            params.failover_pool_len = len(fpool)
+        out = _c.c_void_p()
+        _check(
+            load_library().rserpool_session_open_addr(
+                self._h(), url.encode(), _c.byref(params), _c.byref(out)
+            )
+        )
+        return Session(out.value, self)
+
+    def pe_listen(
+        self,
+        pool: Union[str, bytes],
+        url: str = "tcp://127.0.0.1:0",
+        *,
+        policy: Union[str, int] = "rr",
+        weight: int = 0,
+        priority: int = 0,
+        load: float = 0.0,
+        degradation: float = 0.0,
+        reglife: Optional[int] = None,
+        pe_id: int = 0,
+    ) -> "PeServer":
+        """Listen at ``url`` (port 0: the kernel's) and register a pool
+        element of ``pool`` there; sessions of pool users come from
+        :meth:`PeServer.accept`. Policy arguments as :meth:`register_pe`.
+
+        :raises NoRegistrar, Timeout, ProtocolError, InvalidArgument, OSFailure:
+        """
+        lib = load_library()
+        handle = _pool_bytes(pool)
+        params = _PeListenParams()
+        _check(lib.rserpool_pe_listen_params_init(_c.byref(params)))
+        params.pool_handle = handle
+        params.handle_len = len(handle)
+        params.listen_url = url.encode()
+        params.policy = _policy(policy, weight, priority, load, degradation)
+        if reglife is not None:
+            params.reg_life = reglife
+        params.pe_id = pe_id
+        out = _c.c_void_p()
+        _check(lib.rserpool_pe_listen(self._h(), _c.byref(params), _c.byref(out)))
+        return PeServer(out.value, self)
+
 
 class PoolElement:
     """A registered pool element (returned by :meth:`Context.register_pe`).
@@ -897,6 +1131,384 @@ class PoolElement:
             self.deregister()
         except (UnknownPE, InvalidHandle):
             pass
+
+
+# ---------------------------------------------------------------------------
+# Enhanced mode: sessions
+# ---------------------------------------------------------------------------
+
+_NOTIFY_KINDS = {
+    1: "data",
+    2: "connected",
+    3: "failover",
+    4: "peer_failed",
+    5: "failed",
+    6: "acked",
+    7: "cookie_echo",
+    8: "business_card",
+    9: "closed",
+}
+_STATES = {1: "selecting", 2: "connecting", 3: "up", 4: "peer_failed", 5: "closed"}
+_SEND_FLAGS = {None: 0, True: 0x1, False: 0x2}
+_SEND_UNORDERED = 0x1000
+
+
+def _ms(seconds: Optional[float], what: str, *, none: int) -> int:
+    if seconds is None:
+        return none
+    ms = int(round(seconds * 1000))
+    if ms < 0 or ms > 0xFFFFFFFF:
+        raise InvalidArgument(-2, f"{what}: {seconds!r} s out of range")
+    return ms
+
+
+def _session_params(options: Mapping[str, Any]) -> _SessionParams:
+    known = {
+        "nonblock",
+        "open_timeout",
+        "auto_failover",
+        "upper_layer_acks",
+        "ack_events",
+        "connect_timeout",
+        "retry_interval",
+        "max_attempts",
+        "max_buffered",
+        "max_buffered_bytes",
+    }
+    unknown = set(options) - known
+    if unknown:
+        raise TypeError(f"unknown session option(s): {', '.join(sorted(unknown))}")
+    p = _SessionParams()
+    _check(load_library().rserpool_session_params_init(_c.byref(p)))
+    for flag in ("nonblock", "auto_failover", "upper_layer_acks", "ack_events"):
+        if flag in options:
+            setattr(p, flag, 1 if options[flag] else 0)
+    if "open_timeout" in options:
+        p.open_timeout_ms = _ms(options["open_timeout"], "open_timeout", none=0)
+    if "connect_timeout" in options:
+        p.connect_timeout_ms = _ms(options["connect_timeout"], "connect_timeout", none=0)
+    if "retry_interval" in options:
+        p.retry_interval_ms = _ms(options["retry_interval"], "retry_interval", none=0)
+    for n in ("max_attempts", "max_buffered", "max_buffered_bytes"):
+        if n in options:
+            setattr(p, n, int(options[n]))
+    return p
+
+
+def _timeout_ms(timeout: Optional[float]) -> int:
+    if timeout is None:
+        return -1
+    if timeout <= 0:
+        return 0
+    return max(1, min(int(timeout * 1000 + 0.999), 0x7FFFFFFF))
+
+
+@dataclass(frozen=True)
+class Notification:
+    """What :meth:`Session.recv` received.
+
+    ``kind`` is ``"data"`` (``data``, ``ppid``, ``stream``), ``"connected"``
+    (``pe_id``), ``"failover"`` (``from_pe_id`` to ``pe_id``, ``resent``:
+    sequence numbers re-sent to the new PE), ``"peer_failed"`` (``pe_id``),
+    ``"failed"`` (``error`` code, ``count`` attempts), ``"acked"``
+    (``seq``), ``"cookie_echo"`` (``data``), ``"business_card"`` (``data``
+    the pool handle, ``count`` PEs, ``pe_id`` the first) or ``"closed"``.
+    """
+
+    kind: str
+    data: bytes = b""
+    ppid: int = 0
+    stream: int = 0
+    pe_id: int = 0
+    from_pe_id: int = 0
+    seq: int = 0
+    resent: Tuple[int, ...] = ()
+    error: int = 0
+    count: int = 0
+
+
+@dataclass(frozen=True)
+class SendReceipt:
+    """Where :meth:`Session.send` sent: the message's sequence number in the
+    session and the PE it is addressed to (0 while none is chosen yet, or
+    for a PE reached by transport address)."""
+
+    seq: int
+    pe_id: int
+
+
+class Session:
+    """An enhanced-mode session, a pool user's (:meth:`Context.open_session`)
+    or a pool element's (:meth:`PeServer.accept`).
+
+    :meth:`fileno` makes it usable with :mod:`select` and :mod:`selectors`:
+    readable while a notification waits. Close it with :meth:`close` or use
+    it as a context manager.
+    """
+
+    def __init__(self, handle: int, context: Context) -> None:
+        self._handle: Optional[int] = handle
+        self.context = context
+        self._buf = _c.create_string_buffer(MAX_MESSAGE_LEN)
+        self._recv_lock = threading.Lock()
+        self._callbacks: Dict[str, Any] = {}
+
+    def _h(self) -> int:
+        h = self._handle
+        if h is None:
+            raise SessionClosed(-207, "the session is closed")
+        return h
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._handle is None
+
+    def close(self) -> None:
+        """Close gracefully (what is buffered still goes out) and free the
+        handle; closing twice is allowed. Waits for a callback of this
+        session running on the library's thread."""
+        h, self._handle = self._handle, None
+        if h is not None:
+            _check(load_library().rserpool_session_close(h))
+            self._callbacks.clear()
+
+    def __enter__(self) -> "Session":
+        self._h()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def fileno(self) -> int:
+        """A descriptor readable while a notification waits (owned by the
+        session: do not close it)."""
+        fd = _c.c_int(-1)
+        _check(load_library().rserpool_session_fd(self._h(), _c.byref(fd)))
+        return int(fd.value)
+
+    def send(
+        self,
+        data: Union[bytes, bytearray, memoryview],
+        ppid: int,
+        *,
+        pe_id: Optional[int] = None,
+        failover: Optional[bool] = None,
+        unordered: bool = False,
+    ) -> SendReceipt:
+        """Queue a message (never waits). A pool user's goes to its pool, or
+        with ``pe_id`` to that PE of the pool; ``failover`` True/False
+        overrides the session's automatic fail-over while it is buffered.
+        A pool element's goes to its pool user.
+
+        :raises InvalidArgument: PPID 11, too long.
+        :raises WouldBlock: the session's buffer is full.
+        :raises UnknownPE, SessionClosed:
+        """
+        payload = bytes(data)
+        flags = _SEND_FLAGS[failover] | (_SEND_UNORDERED if unordered else 0)
+        dest = None if pe_id is None else _c.byref(_Dest(1, pe_id))
+        pe = _c.c_uint32(0)
+        seq = _c.c_uint64(0)
+        _check(
+            load_library().rserpool_data_send(
+                self._h(), dest, payload, len(payload), ppid, flags, _c.byref(pe), _c.byref(seq)
+            )
+        )
+        return SendReceipt(int(seq.value), int(pe.value))
+
+    def recv(self, timeout: Optional[float] = None) -> Optional[Notification]:
+        """The next notification, waiting at most ``timeout`` seconds (None:
+        no bound, 0: not at all); None when nothing came in time.
+
+        :raises SessionClosed: after the ``"closed"`` notification.
+        """
+        lib = load_library()
+        n = _Notification()
+        with self._recv_lock:
+            buf = self._buf
+            rc = lib.rserpool_recv(self._h(), _c.byref(n), buf, len(buf), _timeout_ms(timeout))
+            while rc == -3:  # too large for the buffer: it stays queued
+                buf = _c.create_string_buffer(int(n.len))
+                rc = lib.rserpool_recv(self._h(), _c.byref(n), buf, len(buf), 0)
+            if rc in (-201, -205):
+                return None
+            _check(rc)
+            raw = buf.raw[: int(n.len)]
+        kind = _NOTIFY_KINDS.get(n.kind, str(n.kind))
+        resent: Tuple[int, ...] = ()
+        if kind == "failover":
+            resent = tuple(
+                int.from_bytes(raw[i : i + 8], sys.byteorder)
+                for i in range(0, len(raw), 8)
+            )
+            raw = b""
+        return Notification(
+            kind=kind,
+            data=raw,
+            ppid=int(n.ppid),
+            stream=int(n.stream),
+            pe_id=int(n.pe_id),
+            from_pe_id=int(n.from_pe_id),
+            seq=int(n.seq),
+            resent=resent,
+            error=int(n.error),
+            count=int(n.count),
+        )
+
+    def on_data(self, callback: Optional[Any]) -> None:
+        """Deliver every message from the PE to ``callback(session, data,
+        ppid, stream)`` on the library's thread instead of :meth:`recv`
+        (pool user sessions; None removes it). Keep it short; waiting calls
+        raise :class:`WouldDeadlock` there."""
+        lib = load_library()
+        if callback is None:
+            _check(lib.rserpool_set_data_indication(self._h(), _DATA_CB(), None))
+            self._callbacks.pop("data", None)
+            return
+
+        def trampoline(_s: Any, ppid: int, stream: int, data: Any, length: int, _u: Any) -> None:
+            try:
+                callback(self, _c.string_at(data, length), int(ppid), int(stream))
+            except Exception:  # never let an exception unwind into the library
+                import traceback
+
+                traceback.print_exc()
+
+        cb = _DATA_CB(trampoline)
+        _check(lib.rserpool_set_data_indication(self._h(), cb, None))
+        self._callbacks["data"] = cb
+
+    def on_failover(self, callback: Optional[Any]) -> None:
+        """Call ``callback(session, from_pe_id, to_pe_id, resent)`` on the
+        library's thread right after a fail-over's new connection is up and
+        before anything else goes there (messages it sends go first);
+        ``resent`` are the sequence numbers about to be re-sent. None removes
+        it (pool user sessions)."""
+        lib = load_library()
+        if callback is None:
+            _check(lib.rserpool_set_failover_callback(self._h(), _FAILOVER_CB(), None))
+            self._callbacks.pop("failover", None)
+            return
+
+        def trampoline(_s: Any, frm: int, to: int, resent: Any, count: int, _u: Any) -> None:
+            try:
+                callback(self, int(frm), int(to), tuple(int(resent[i]) for i in range(count)))
+            except Exception:
+                import traceback
+
+                traceback.print_exc()
+
+        cb = _FAILOVER_CB(trampoline)
+        _check(lib.rserpool_set_failover_callback(self._h(), cb, None))
+        self._callbacks["failover"] = cb
+
+    def failover_now(self) -> None:
+        """After a ``"peer_failed"`` notification: fail over now."""
+        _check(load_library().rserpool_session_failover_now(self._h()))
+
+    def cookie(self) -> bytes:
+        """The latest cookie the PEs sent (pool user sessions; b"" if none)."""
+        lib = load_library()
+        need = _c.c_size_t(0)
+        rc = lib.rserpool_session_cookie(self._h(), None, 0, _c.byref(need))
+        while rc == -3:
+            buf = _c.create_string_buffer(int(need.value))
+            rc = lib.rserpool_session_cookie(self._h(), buf, len(buf), _c.byref(need))
+            if rc == 0:
+                return buf.raw[: int(need.value)]
+        _check(rc)
+        return b""
+
+    def status(self) -> Dict[str, Any]:
+        """A pool user session's state (``"selecting"``, ``"connecting"``,
+        ``"up"``, ``"peer_failed"``, ``"closed"``), current PE and counters."""
+        st = _SessionStatus()
+        _check(load_library().rserpool_session_get_status(self._h(), _c.byref(st)))
+        out: Dict[str, Any] = {name: int(getattr(st, name)) for name, _ in st._fields_}
+        out["state"] = _STATES.get(st.state, str(st.state))
+        return out
+
+    def send_cookie(self, cookie: Union[bytes, bytearray]) -> None:
+        """Pool element sessions: hand the pool user state to echo to the
+        next PE after a fail-over."""
+        data = bytes(cookie)
+        _check(load_library().rserpool_send_cookie(self._h(), data, len(data)))
+
+    def ack(self) -> None:
+        """Pool element sessions: acknowledge what was received (handled)."""
+        _check(load_library().rserpool_session_ack(self._h()))
+
+
+class PeServer:
+    """A registered pool element listening for pool users
+    (:meth:`Context.pe_listen`). :meth:`fileno` is readable while a session
+    waits to be accepted. Closing deregisters the PE."""
+
+    def __init__(self, handle: int, context: Context) -> None:
+        self._handle: Optional[int] = handle
+        self.context = context
+        lib = load_library()
+        pe = _c.c_uint32(0)
+        _check(lib.rserpool_pe_server_pe_id(handle, _c.byref(pe)))
+        self.pe_id = int(pe.value)
+        buf = _c.create_string_buffer(256)
+        length = _c.c_size_t(0)
+        _check(lib.rserpool_pe_server_local_url(handle, buf, len(buf), _c.byref(length)))
+        #: Where it listens (the kernel's port if the URL said 0).
+        self.url = buf.value.decode()
+
+    def _h(self) -> int:
+        h = self._handle
+        if h is None:
+            raise SessionClosed(-207, "the server is closed")
+        return h
+
+    def fileno(self) -> int:
+        fd = _c.c_int(-1)
+        _check(load_library().rserpool_pe_server_fd(self._h(), _c.byref(fd)))
+        return int(fd.value)
+
+    def accept(self, timeout: Optional[float] = None) -> Optional[Session]:
+        """The next pool user's session, waiting at most ``timeout`` seconds
+        (None: no bound); None when none came in time.
+
+        :raises SessionClosed: the server was closed meanwhile.
+        """
+        out = _c.c_void_p()
+        rc = load_library().rserpool_pe_accept(self._h(), _timeout_ms(timeout), _c.byref(out))
+        if rc in (-201, -205):
+            return None
+        _check(rc)
+        return Session(out.value, self.context)
+
+    def close(self) -> None:
+        """Deregister (waiting for the registrar) and stop listening; closing
+        twice is allowed."""
+        h, self._handle = self._handle, None
+        if h is not None:
+            _check(load_library().rserpool_pe_server_close(h))
+
+    def __enter__(self) -> "PeServer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"<rserpool.PeServer {self.pe_id:#010x} at {self.url}>"
 
 
 # ---------------------------------------------------------------------------

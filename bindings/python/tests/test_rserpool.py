@@ -341,3 +341,126 @@ def _raises(exc, f) -> bool:
     except exc:
         return True
     return False
+
+
+class EchoPe:
+    """A pool element (rserpool.Context.pe_listen) whose sessions echo every
+    message prefixed with the PE identifier, in threads; a session that
+    receives b"bye" is closed without an answer."""
+
+    def __init__(self, ctx: rserpool.Context, pool: str) -> None:
+        self.server = ctx.pe_listen(pool)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                s = self.server.accept(timeout=0.1)
+            except rserpool.SessionClosed:
+                return
+            if s is not None:
+                threading.Thread(target=self._echo, args=(s,), daemon=True).start()
+
+    def _echo(self, s: rserpool.Session) -> None:
+        with s:
+            while not self.stop.is_set():
+                try:
+                    n = s.recv(timeout=0.1)
+                except rserpool.SessionClosed:
+                    return
+                if n is None:
+                    continue
+                if n.kind == "closed" or (n.kind == "data" and n.data == b"bye"):
+                    return
+                if n.kind == "data":
+                    s.send(b"%d:" % self.server.pe_id + n.data, n.ppid)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(DEADLINE_S)
+        self.server.close()
+
+
+def test_sessions(registrar):
+    import selectors
+
+    timers = dict(FAST, stale_cache=0.0)
+    with rserpool.Context(registrars=[registrar.url], timers=FAST) as pe_ctx, rserpool.Context(
+        registrars=[registrar.url], timers=timers
+    ) as pu_ctx:
+        pes = [EchoPe(pe_ctx, "py-sessions") for _ in range(2)]
+        try:
+            ids = {p.server.pe_id for p in pes}
+            assert len(ids) == 2
+            assert all(p.server.url.startswith("tcp://127.0.0.1:") for p in pes)
+            s = pu_ctx.open_session("py-sessions")
+            n = s.recv(DEADLINE_S)
+            assert n.kind == "connected" and n.pe_id in ids
+            first = n.pe_id
+            (other,) = ids - {first}
+
+            # Send, then wait on the descriptor with selectors.
+            r = s.send(b"hello", 42)
+            assert r == rserpool.SendReceipt(seq=0, pe_id=first)
+            with selectors.DefaultSelector() as sel:
+                sel.register(s, selectors.EVENT_READ)
+                assert sel.select(DEADLINE_S)
+                n = s.recv(0)
+                assert (n.kind, n.data, n.ppid) == ("data", b"%d:hello" % first, 42)
+                assert not sel.select(0)
+            assert s.recv(0) is None
+            assert s.recv(0.05) is None
+            with pytest.raises(rserpool.InvalidArgument):
+                s.send(b"x", rserpool.PPID_ASAP)
+            with pytest.raises(rserpool.UnknownPE):
+                s.send(b"x", 42, pe_id=0x5151)
+
+            # The PE closes the session: the session fails over to the other
+            # PE and the callback's message goes first.
+            seen = []
+
+            def on_failover(session, frm, to, resent):
+                seen.append((frm, to, resent))
+                session.send(b"resume", 42)
+
+            s.on_failover(on_failover)
+            assert s.send(b"bye", 42).seq == 1
+            n = s.recv(DEADLINE_S)
+            assert (n.kind, n.data) == ("data", b"%d:resume" % other)
+            assert seen and seen[0][:2] == (first, other)
+            st = s.status()
+            assert st["state"] == "up" and st["pe_id"] == other and st["failovers"] == 1
+
+            # Data by callback.
+            got = []
+            done = threading.Event()
+
+            def on_data(session, data, ppid, stream):
+                got.append((data, ppid))
+                done.set()
+
+            s.on_data(on_data)
+            s.send(b"via callback", 43)
+            assert done.wait(DEADLINE_S)
+            assert got == [(b"%d:via callback" % other, 43)]
+            s.on_data(None)
+            s.close()
+            s.close()
+            with pytest.raises(rserpool.SessionClosed):
+                s.recv(0)
+
+            # A transport address, and a pool nobody serves.
+            with pu_ctx.open_session_addr(pes[0].server.url) as d:
+                assert d.recv(DEADLINE_S).kind == "connected"
+                d.send(b"direct", 44)
+                n = d.recv(DEADLINE_S)
+                assert n.data == b"%d:direct" % pes[0].server.pe_id
+            with pytest.raises(rserpool.UnknownPool):
+                pu_ctx.open_session("py-nobody", max_attempts=1, retry_interval=0.05)
+            with pytest.raises(TypeError):
+                pu_ctx.open_session("py-sessions", bogus=1)
+        finally:
+            for p in pes:
+                p.close()

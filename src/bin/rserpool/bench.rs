@@ -16,6 +16,11 @@ pub enum BenchCommand {
     /// ENRP between in-process registrars: download by a new registrar,
     /// update propagation latency, takeover time.
     Enrp(crate::bench_enrp::EnrpBenchArgs),
+    /// Sessions: a pool user streams to PE processes that are killed in
+    /// turn; fail-over time percentiles and messages lost.
+    Failover(crate::bench_session::FailoverBenchArgs),
+    /// Sessions: echo messages per second and MB/s against plain TCP.
+    Throughput(crate::bench_session::ThroughputBenchArgs),
 }
 
 /// Policy used by the handlespace benchmark.
@@ -53,6 +58,8 @@ pub fn run(c: BenchCommand) -> i32 {
         BenchCommand::Handlespace(a) => handlespace(a),
         BenchCommand::Registrar(a) => crate::bench_registrar::run(a),
         BenchCommand::Enrp(a) => crate::bench_enrp::run(a),
+        BenchCommand::Failover(a) => crate::bench_session::failover(a),
+        BenchCommand::Throughput(a) => crate::bench_session::throughput(a),
     }
 }
 

@@ -8,7 +8,14 @@
 //!   with A) resolve it;
 //! - **takeover**: a registrar owning PEs stops (its connections close, as
 //!   when its process dies); time until a survivor owns them, for several
-//!   (MAX-TIME-LAST-HEARD, MAX-TIME-NO-RESPONSE) settings.
+//!   (MAX-TIME-LAST-HEARD, MAX-TIME-NO-RESPONSE) settings;
+//! - **silent takeover**: the same with a registrar that dies silently: a
+//!   `rserpool registrar` child process stopped with SIGSTOP (no FIN, the
+//!   kernel keeps its sockets open and even accepts new connections), so the
+//!   survivors notice only by missing presences: MAX-TIME-LAST-HEARD after
+//!   they last heard from it they probe it, MAX-TIME-NO-RESPONSE later it is
+//!   dead and taken over. For several (PEER-HEARTBEAT-CYCLE,
+//!   MAX-TIME-LAST-HEARD, MAX-TIME-NO-RESPONSE) settings.
 //!
 //! The mentor is filled with pipelined ASAP registrations (the same load
 //! generator as `bench registrar`), keep-alives off.
@@ -44,6 +51,9 @@ pub struct EnrpBenchArgs {
     /// Skip the takeover figure.
     #[arg(long)]
     pub no_takeover: bool,
+    /// Skip the silent-death (SIGSTOP) takeover figure.
+    #[arg(long)]
+    pub no_silent: bool,
 }
 
 const T: Duration = Duration::from_secs(60);
@@ -354,6 +364,197 @@ fn takeover(a: &EnrpBenchArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// A `rserpool registrar` child process (this very binary), killed on drop.
+struct ChildRegistrar {
+    child: std::process::Child,
+    asap: SocketAddr,
+}
+
+impl ChildRegistrar {
+    /// Start `rserpool registrar ARGS` and wait for its "listening asap" line.
+    fn start(args: &[String]) -> Result<ChildRegistrar, String> {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+        let mut child = std::process::Command::new(exe)
+            .arg("registrar")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting a registrar process: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut me = ChildRegistrar {
+            child,
+            asap: SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
+        loop {
+            let line = rx
+                .recv_timeout(T)
+                .map_err(|_| "the registrar process did not start".to_string())?;
+            if let Some(u) = line.strip_prefix("listening asap tcp://") {
+                me.asap = u.trim().parse().map_err(|e| format!("{u}: {e}"))?;
+                return Ok(me);
+            }
+        }
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child, not yet reaped (it is reaped
+            // only in Drop), so the pid cannot have been reused.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+}
+
+impl Drop for ChildRegistrar {
+    fn drop(&mut self) {
+        // SIGKILL ends a stopped process too.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn silent_once(hb: Duration, lh: Duration, nr: Duration) -> Result<f64, String> {
+    let timers = |peers| RegistrarConfig {
+        peer_heartbeat_cycle: hb,
+        max_time_last_heard: lh,
+        max_time_no_response: nr,
+        takeover_timeout: Duration::from_secs(5),
+        peer_reconnect_interval: Duration::from_millis(200),
+        ..config(peers)
+    };
+    let ra = start(timers(vec![]))?;
+    let rc = start(timers(vec![enrp_addr(&ra)]))?;
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    let args: Vec<String> = [
+        "--asap",
+        "tcp://127.0.0.1:0",
+        "--enrp",
+        "tcp://127.0.0.1:0",
+        "--keep-alive-interval",
+        "0",
+        "--idle-timeout",
+        "0",
+        "--enrp-takeover-timeout",
+        "5s",
+        "--enrp-peer-reconnect-interval",
+        "200ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        "--enrp-peer-heartbeat-cycle".into(),
+        ms(hb),
+        "--enrp-max-time-last-heard".into(),
+        ms(lh),
+        "--enrp-max-time-no-response".into(),
+        ms(nr),
+        "--peer".into(),
+        format!("tcp://{}", enrp_addr(&ra)),
+    ])
+    .collect();
+    let rb = ChildRegistrar::start(&args)?;
+    for h in [&ra, &rc] {
+        wait_active(h, 2)?;
+    }
+    let mut pb = TcpMapClient::connect(rb.asap, T).map_err(|e| e.to_string())?;
+    let mut dead = 0;
+    for id in 1..=10u32 {
+        pb.send_asap(&AsapMessage::Registration {
+            pool_handle: "silent".into(),
+            pe: pe(id),
+        })
+        .map_err(|e| e.to_string())?;
+        match pb.recv_asap(T).map_err(|e| e.to_string())? {
+            AsapMessage::RegistrationResponse { reject: false, .. } => {}
+            other => return Err(format!("registration at the child: {other:?}")),
+        }
+    }
+    let holds = |h: &RegistrarHandle, dead: &mut u32| -> bool {
+        h.pool_elements().is_some_and(|p| {
+            let pes: Vec<&PoolElement> = p.iter().flat_map(|(_, v)| v.iter()).collect();
+            if let Some(pe) = pes.first() {
+                *dead = pe.home;
+            }
+            pes.len() == 10
+        })
+    };
+    let t = Instant::now();
+    while !(holds(&ra, &mut dead) && holds(&rc, &mut dead)) {
+        if t.elapsed() > T {
+            return Err("PEs never reached the peers".into());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let moved = |h: &RegistrarHandle| -> bool {
+        h.pool_elements().is_some_and(|p| {
+            let pes: Vec<&PoolElement> = p.iter().flat_map(|(_, v)| v.iter()).collect();
+            pes.len() == 10 && pes.iter().all(|pe| pe.home != dead)
+        })
+    };
+    // Die at a random point of its heartbeat cycle, with nothing but
+    // heartbeats heard from it for a while (its ADD_PEs count as heard too).
+    let phase = rserpool::runtime::registrar::random_u64() % (hb.as_micros() as u64).max(1);
+    std::thread::sleep(2 * hb + Duration::from_micros(phase));
+    let t = Instant::now();
+    rb.signal(libc::SIGSTOP);
+    while !(moved(&ra) && moved(&rc)) {
+        if t.elapsed() > T + lh + nr {
+            return Err("no takeover of the stopped registrar".into());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn silent(a: &EnrpBenchArgs) -> Result<(), String> {
+    println!("== takeover after a silent death (SIGSTOP: no FIN), until both survivors agree on the new home of its 10 PEs");
+    println!("   expected: MAX-TIME-LAST-HEARD + MAX-TIME-NO-RESPONSE - (time since its last heartbeat, 0 .. PEER-HEARTBEAT-CYCLE), plus the takeover round trips");
+    let ms = Duration::from_millis;
+    let rsplib = RegistrarConfig::rsplib_profile();
+    for (hb, lh, nr) in [
+        (ms(100), ms(500), ms(250)),
+        (ms(100), ms(500), ms(500)),
+        (ms(250), ms(1000), ms(500)),
+        (ms(500), ms(2000), ms(500)),
+        (
+            rsplib.peer_heartbeat_cycle,
+            rsplib.max_time_last_heard,
+            rsplib.max_time_no_response,
+        ),
+    ] {
+        let mut v = Vec::new();
+        for _ in 0..a.runs.max(1) {
+            v.push(silent_once(hb, lh, nr)?);
+        }
+        let hi = (lh + nr).as_secs_f64();
+        let lo = (lh + nr).saturating_sub(hb).as_secs_f64();
+        println!(
+            "  heartbeat {:>5} ms, last-heard {:>5} ms, no-response {:>5} ms: median {:.3} s, expected {lo:.3}-{hi:.3} s (runs: {})",
+            hb.as_millis(),
+            lh.as_millis(),
+            nr.as_millis(),
+            median(v.clone()),
+            v.iter()
+                .map(|s| format!("{s:.3}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// `rserpool bench enrp`.
 pub fn run(a: EnrpBenchArgs) -> i32 {
     let r = (|| -> Result<(), String> {
@@ -365,6 +566,9 @@ pub fn run(a: EnrpBenchArgs) -> i32 {
         }
         if !a.no_takeover {
             takeover(&a)?;
+        }
+        if !a.no_silent {
+            silent(&a)?;
         }
         Ok(())
     })();

@@ -37,7 +37,8 @@ pub struct DumpArgs {
     pub registrar: String,
     /// Print JSON: {"pools": [...], "elements": [{id, pool, transport, home,
     /// policy, life, ...}], "server_id", "checksum", "peers": [{id, address,
-    /// state, checksum, checksum_announced, pes, last_heard_ms_ago, taken_over_by}]}.
+    /// state, checksum, checksum_announced, pes, last_heard_ms_ago, taken_over_by}],
+    /// "enrp_stats": {...}, "multicast": null or {group, datagrams_sent, send_errors}}.
     #[arg(long)]
     pub json: bool,
     /// Seconds to wait for the connection and for each answer.
@@ -326,6 +327,23 @@ fn peer_line(p: &Value) -> String {
     )
 }
 
+/// One line on ENRP presence multicast, when the registrar has it on.
+fn multicast_line(status: &Value) -> Option<String> {
+    let m = status.get("multicast").filter(|m| !m.is_null())?;
+    let e = &status["enrp_stats"];
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    Some(format!(
+        "enrp multicast {}  sent {}  received {}  peers discovered {}  malformed {}  ignored {}  rate-limited {}",
+        m["group"].as_str().unwrap_or("?"),
+        n(&m["datagrams_sent"]),
+        n(&e["multicast_received"]),
+        n(&e["peers_discovered"]),
+        n(&e["multicast_malformed"]),
+        n(&e["multicast_ignored"]),
+        n(&e["multicast_rate_limited"]),
+    ))
+}
+
 /// `rserpool dump`.
 pub fn dump(a: DumpArgs) -> i32 {
     let timeout = timeout_of(a.timeout);
@@ -355,6 +373,8 @@ pub fn dump(a: DumpArgs) -> i32 {
             "server_id": status.get("server_id"),
             "checksum": status.get("checksum"),
             "peers": peers,
+            "enrp_stats": status.get("enrp_stats"),
+            "multicast": status.get("multicast"),
         });
         println!("{out}");
     } else {
@@ -369,6 +389,9 @@ pub fn dump(a: DumpArgs) -> i32 {
         );
         for p in &peers {
             println!("{}", peer_line(p));
+        }
+        if let Some(line) = multicast_line(&status) {
+            println!("{line}");
         }
         println!("handlespace: {} pool(s), {} PE(s)", pools.len(), total);
         for (h, pes) in &pools {

@@ -3,10 +3,15 @@
 mod bench;
 mod bench_enrp;
 mod bench_registrar;
+mod bench_session;
 mod client;
 mod decode;
+mod demo;
 mod hugealloc;
+mod pe;
+mod pu;
 mod registrar;
+mod services;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
@@ -34,6 +39,15 @@ enum Command {
     Resolve(client::ResolveArgs),
     /// Print a registrar's whole handlespace (ENRP_HANDLE_TABLE_REQUEST).
     Dump(client::DumpArgs),
+    /// Run a pool element (echo, discard, daytime, chargen, pingpong, files)
+    /// until SIGINT/SIGTERM.
+    Pe(Box<pe::PeArgs>),
+    /// A pool user: lines from stdin to the pool, replies to stdout,
+    /// fail-overs on stderr.
+    Pu(Box<pu::PuArgs>),
+    /// A registrar, three PEs and a pool user on this machine; a PE is
+    /// killed and the session fails over. Narrated; a few seconds.
+    Demo(demo::DemoArgs),
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -48,6 +62,9 @@ fn main() {
         Command::Registrar(a) => registrar::run(*a),
         Command::Resolve(a) => client::resolve(a),
         Command::Dump(a) => client::dump(a),
+        Command::Pe(a) => pe::run(*a),
+        Command::Pu(a) => pu::run(*a),
+        Command::Demo(a) => demo::run(a),
         Command::Bench(b) => bench::run(b),
     };
     std::process::exit(code);

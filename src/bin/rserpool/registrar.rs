@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::builder::PossibleValue;
 use rserpool::registrar::{KeepAlivePeId, RateLimit, RegLifeUnit, RegistrarConfig};
 use rserpool::runtime::{
-    probe_sctp, EndpointUrl, Proto, RegistrarHandle, RegistrarOptions, RuntimeConfig, SctpParams,
-    SctpSupport, SignalPipe,
+    probe_sctp, EndpointUrl, EnrpMulticast, MulticastInterface, Proto, RegistrarHandle,
+    RegistrarOptions, RuntimeConfig, SctpParams, SctpSupport, SignalPipe,
 };
 
 /// Timer and limit presets.
@@ -92,6 +92,22 @@ pub struct RegistrarArgs {
     /// Multicast TTL of announces.
     #[arg(long, default_value_t = 1)]
     pub announce_ttl: u32,
+    /// ENRP presence multicast GROUP:PORT, or off. On: at start and every
+    /// --enrp-peer-heartbeat-cycle an ENRP_PRESENCE naming our ENRP endpoint
+    /// goes to the group (one UDP datagram), and a registrar heard there
+    /// that we do not know becomes a peer: dialled at the endpoint its
+    /// presence names, then synchronised over unicast like any peer (no
+    /// --peer needed). IANA assigns no ENRP group; RSPLIB uses
+    /// 239.0.0.51:9901.
+    #[arg(long, default_value = "off", value_name = "GROUP:PORT|off")]
+    pub enrp_multicast: String,
+    /// Interface for ENRP multicast: one of its IPv4 addresses, or its name
+    /// or index (IPv6 groups). Default: the route to the group.
+    #[arg(long, value_name = "ADDR|IFNAME")]
+    pub enrp_multicast_if: Option<String>,
+    /// Multicast TTL (IPv6: hop limit) of ENRP presences.
+    #[arg(long, default_value_t = 1)]
+    pub enrp_multicast_ttl: u32,
 
     /// Unit of the Registration Life field.
     #[arg(long, value_enum)]
@@ -217,7 +233,7 @@ pub struct RegistrarArgs {
     pub max_connections: Option<usize>,
 }
 
-fn parse_u32(s: &str) -> Result<u32, String> {
+pub fn parse_u32(s: &str) -> Result<u32, String> {
     let v = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         Some(h) => u32::from_str_radix(h, 16),
         None => s.parse(),
@@ -639,6 +655,40 @@ pub fn options(a: &RegistrarArgs) -> Result<RegistrarOptions, String> {
             .map_err(|_| format!("--announce {:?}: expected GROUP:PORT or off", a.announce))?;
         Some(g)
     };
+    let enrp_multicast = if a.enrp_multicast.eq_ignore_ascii_case("off") {
+        if a.enrp_multicast_if.is_some() {
+            return Err("--enrp-multicast-if needs --enrp-multicast GROUP:PORT".into());
+        }
+        None
+    } else {
+        let bad = || {
+            format!(
+                "--enrp-multicast {:?}: expected a multicast GROUP:PORT (e.g. {}) or off",
+                a.enrp_multicast,
+                EnrpMulticast::RSPLIB_GROUP
+            )
+        };
+        let group: SocketAddr = a.enrp_multicast.parse().map_err(|_| bad())?;
+        if !group.ip().is_multicast() || group.port() == 0 {
+            return Err(bad());
+        }
+        let interface = match &a.enrp_multicast_if {
+            Some(s) => Some(
+                MulticastInterface::parse(s).map_err(|e| format!("--enrp-multicast-if: {e}"))?,
+            ),
+            None => None,
+        };
+        if group.is_ipv6() && matches!(interface, Some(MulticastInterface::Addr(_))) {
+            return Err(
+                "--enrp-multicast-if: an IPv6 group needs an interface name or index".into(),
+            );
+        }
+        Some(EnrpMulticast {
+            group,
+            interface,
+            ttl: a.enrp_multicast_ttl,
+        })
+    };
     let sctp = probe_sctp();
     if a.asap.is_empty() {
         rt.listen
@@ -660,6 +710,7 @@ pub fn options(a: &RegistrarArgs) -> Result<RegistrarOptions, String> {
         registrar: r,
         runtime: rt,
         enrp,
+        enrp_multicast,
         server_id: a.server_id,
         rng_seed: a.seed,
     })
