@@ -608,7 +608,7 @@ impl Arena {
             n.next = NIL;
             i
         } else {
-            self.nodes.push(Node::FREE);
+            super::grow::push(&mut self.nodes, Node::FREE);
             (self.nodes.len() - 1) as u32
         }
     }

@@ -52,20 +52,95 @@ impl Bucket {
     }
 }
 
-/// `n` (> 0) free buckets.
-fn free_buckets(n: usize) -> Vec<Bucket> {
-    use std::alloc::{alloc_zeroed, handle_alloc_error, Layout};
-    let layout = Layout::array::<Bucket>(n).expect("table size");
-    // SAFETY: the layout is not zero-sized (n > 0, buckets are 64 bytes); a bucket
-    // is plain integers, and all zeros is a bucket of EMPTY slots, so the n
-    // buckets are initialised; the vector takes the allocation with the layout
-    // it was made with (Vec<Bucket> of capacity n).
-    unsafe {
-        let p = alloc_zeroed(layout).cast::<Bucket>();
-        if p.is_null() {
-            handle_alloc_error(layout);
+/// A table's buckets: `n` cache-line-aligned buckets in one block from the
+/// global allocator's `alloc_zeroed`.
+///
+/// Not a `Vec<Bucket>`: for an alignment above 16 the standard library's
+/// system allocator zeroes a block by writing it, touching every page before
+/// the `rserpool` binary's allocator has advised it to use huge pages (and
+/// allocating eagerly what a fresh mapping would give lazily). So the block is
+/// asked for with alignment 16 (which `calloc` serves from fresh, untouched
+/// zero pages when large) and 48 bytes more, and the buckets start at its
+/// first 64-byte boundary.
+struct Buckets {
+    /// The block (null when `len` is 0).
+    block: *mut u8,
+    /// The first bucket (dangling but aligned when `len` is 0).
+    base: *mut Bucket,
+    len: usize,
+}
+
+// SAFETY: `Buckets` owns its block exclusively (like a `Vec<Bucket>`), and
+// `Bucket` is plain integers.
+unsafe impl Send for Buckets {}
+// SAFETY: shared access only reads (like `&[Bucket]`).
+unsafe impl Sync for Buckets {}
+
+impl Buckets {
+    const ALIGN: usize = 16;
+
+    fn empty() -> Buckets {
+        Buckets {
+            block: std::ptr::null_mut(),
+            base: std::ptr::NonNull::dangling().as_ptr(),
+            len: 0,
         }
-        Vec::from_raw_parts(p, n, n)
+    }
+
+    fn layout(n: usize) -> std::alloc::Layout {
+        let size = n
+            .checked_mul(std::mem::size_of::<Bucket>())
+            .and_then(|b| b.checked_add(std::mem::align_of::<Bucket>() - Self::ALIGN))
+            .expect("table size");
+        std::alloc::Layout::from_size_align(size, Self::ALIGN).expect("table size")
+    }
+
+    /// `n` (> 0) free buckets.
+    fn zeroed(n: usize) -> Buckets {
+        let layout = Self::layout(n);
+        // SAFETY: the layout is not zero-sized (n > 0).
+        let block = unsafe { std::alloc::alloc_zeroed(layout) };
+        if block.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        let skip = block.align_offset(std::mem::align_of::<Bucket>());
+        // The block is 16-aligned, so the first 64-byte boundary is at most 48
+        // bytes in: the n buckets from there fit in the block. All zeros is a
+        // bucket of EMPTY slots, so they are initialised.
+        debug_assert!(skip <= std::mem::align_of::<Bucket>() - Self::ALIGN);
+        Buckets {
+            block,
+            // SAFETY: inside the block (see above).
+            base: unsafe { block.add(skip) }.cast::<Bucket>(),
+            len: n,
+        }
+    }
+}
+
+impl std::ops::Deref for Buckets {
+    type Target = [Bucket];
+    #[inline(always)]
+    fn deref(&self) -> &[Bucket] {
+        // SAFETY: `base` is aligned and, when `len` > 0, points at `len`
+        // initialised buckets owned by `self`.
+        unsafe { std::slice::from_raw_parts(self.base, self.len) }
+    }
+}
+
+impl std::ops::DerefMut for Buckets {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut [Bucket] {
+        // SAFETY: as for `deref`, and `&mut self` is exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.base, self.len) }
+    }
+}
+
+impl Drop for Buckets {
+    fn drop(&mut self) {
+        if !self.block.is_null() {
+            // SAFETY: the block was allocated with this layout.
+            unsafe { std::alloc::dealloc(self.block, Self::layout(self.len)) };
+        }
     }
 }
 
@@ -84,7 +159,7 @@ pub struct Vacant {
 
 /// The PE table.
 pub struct PeTable {
-    buckets: Vec<Bucket>,
+    buckets: Buckets,
     seed: u64,
     /// Keys in the table.
     live: usize,
@@ -106,7 +181,7 @@ impl PeTable {
     /// An empty table whose hashes are keyed by `seed`.
     pub fn new(seed: u64) -> PeTable {
         PeTable {
-            buckets: Vec::new(),
+            buckets: Buckets::empty(),
             seed,
             live: 0,
             used: 0,
@@ -248,10 +323,10 @@ impl PeTable {
         while n * SLOTS * 3 < (self.live + 1) * 8 {
             n *= 2;
         }
-        let old = std::mem::replace(&mut self.buckets, free_buckets(n));
+        let old = std::mem::replace(&mut self.buckets, Buckets::zeroed(n));
         self.used = 0;
         self.live = 0;
-        for bucket in &old {
+        for bucket in old.iter() {
             for s in 0..SLOTS {
                 if Bucket::live(bucket.vals[s]) {
                     let key = bucket.keys[s];
