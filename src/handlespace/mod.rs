@@ -32,6 +32,7 @@
 
 mod checksum;
 mod fenwick;
+mod grow;
 mod hash;
 mod ordered;
 mod pe_table;

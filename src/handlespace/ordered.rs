@@ -142,19 +142,24 @@ fn prefetch(n: &Node) {
 /// Position of the first element of `s` that is `>= x` (branchless).
 #[inline(always)]
 fn lower_bound(s: &[u128], x: u128) -> usize {
+    if s.is_empty() {
+        return 0;
+    }
+    // `a < x` is the borrow out of `a - x`, computed with bit operations: written
+    // as a comparison (or a mask of one), LLVM turns each step into a branch,
+    // which random keys mispredict half the time.
+    let below = |a: u128| {
+        let d = a.wrapping_sub(x);
+        (((!a & x) | (!(a ^ x) & d)) >> 127) as usize
+    };
     let mut base = 0usize;
     let mut n = s.len();
     while n > 1 {
         let half = n / 2;
-        // Compiles to a conditional move: no branch to mispredict on random keys.
-        base = if s[base + half - 1] < x {
-            base + half
-        } else {
-            base
-        };
+        base += half * below(s[base + half - 1]);
         n -= half;
     }
-    base + (n == 1 && s[base] < x) as usize
+    base + below(s[base])
 }
 
 /// Number of elements of `s` that are `<= x` (branchless).
@@ -255,9 +260,8 @@ impl OrdSet {
     fn descend(&self, a: &Arena, x: u128, path: &mut Path) -> u32 {
         let mut node = self.root;
         for p in path.iter_mut().take(self.height as usize) {
-            // Inner nodes are few and mostly cached (the root is prefetched by
-            // callers that can do it early): fetch only the leaf whole.
             let n = &a.nodes[node as usize];
+            prefetch(n);
             let c = upper_bound(n.seps(), x);
             *p = (node, c as u32);
             node = n.child(c);
@@ -305,6 +309,10 @@ impl OrdSet {
         hint: u32,
         relink: &mut R,
     ) -> bool {
+        if let Some(l) = a.nodes.get(hint as usize) {
+            // All its lines at once: the search would wait for them one by one.
+            prefetch(l);
+        }
         let mut path: Path = [(0, 0); MAX_HEIGHT];
         match self.locate(a, x, hint, &mut path) {
             Some((l, pos, have_path)) => {
@@ -600,7 +608,7 @@ impl Arena {
             n.next = NIL;
             i
         } else {
-            self.nodes.push(Node::FREE);
+            super::grow::push(&mut self.nodes, Node::FREE);
             (self.nodes.len() - 1) as u32
         }
     }

@@ -16,10 +16,11 @@
 
 use super::hash::hash_pair;
 
-/// A never-used slot.
-const EMPTY: u32 = u32::MAX;
+/// A never-used slot (zero, so that a new table is zeroed memory, which the
+/// system hands out lazily instead of it being written here).
+const EMPTY: u32 = 0;
 /// A slot whose key was removed.
-const TOMB: u32 = u32::MAX - 1;
+const TOMB: u32 = u32::MAX;
 /// Slots per bucket: five 8-byte keys and five 4-byte values fill 64 bytes.
 const SLOTS: usize = 5;
 
@@ -27,21 +28,19 @@ const SLOTS: usize = 5;
 #[repr(C, align(64))]
 struct Bucket {
     keys: [u64; SLOTS],
-    /// Entry index, or EMPTY / TOMB.
+    /// Entry index + 1, or EMPTY / TOMB.
     vals: [u32; SLOTS],
     _pad: u32,
 }
 
-const FREE_BUCKET: Bucket = Bucket {
-    keys: [0; SLOTS],
-    vals: [EMPTY; SLOTS],
-    _pad: 0,
-};
-
 impl Bucket {
     #[inline(always)]
+    fn live(v: u32) -> bool {
+        v != EMPTY && v != TOMB
+    }
+    #[inline(always)]
     fn find(&self, key: u64) -> Option<usize> {
-        (0..SLOTS).find(|&s| self.keys[s] == key && self.vals[s] < TOMB)
+        (0..SLOTS).find(|&s| self.keys[s] == key && Bucket::live(self.vals[s]))
     }
     #[inline(always)]
     fn ends_probe(&self) -> bool {
@@ -49,7 +48,99 @@ impl Bucket {
     }
     #[inline(always)]
     fn free_slot(&self) -> Option<usize> {
-        (0..SLOTS).find(|&s| self.vals[s] >= TOMB)
+        (0..SLOTS).find(|&s| !Bucket::live(self.vals[s]))
+    }
+}
+
+/// A table's buckets: `n` cache-line-aligned buckets in one block from the
+/// global allocator's `alloc_zeroed`.
+///
+/// Not a `Vec<Bucket>`: for an alignment above 16 the standard library's
+/// system allocator zeroes a block by writing it, touching every page before
+/// the `rserpool` binary's allocator has advised it to use huge pages (and
+/// allocating eagerly what a fresh mapping would give lazily). So the block is
+/// asked for with alignment 16 (which `calloc` serves from fresh, untouched
+/// zero pages when large) and 48 bytes more, and the buckets start at its
+/// first 64-byte boundary.
+struct Buckets {
+    /// The block (null when `len` is 0).
+    block: *mut u8,
+    /// The first bucket (dangling but aligned when `len` is 0).
+    base: *mut Bucket,
+    len: usize,
+}
+
+// SAFETY: `Buckets` owns its block exclusively (like a `Vec<Bucket>`), and
+// `Bucket` is plain integers.
+unsafe impl Send for Buckets {}
+// SAFETY: shared access only reads (like `&[Bucket]`).
+unsafe impl Sync for Buckets {}
+
+impl Buckets {
+    const ALIGN: usize = 16;
+
+    fn empty() -> Buckets {
+        Buckets {
+            block: std::ptr::null_mut(),
+            base: std::ptr::NonNull::dangling().as_ptr(),
+            len: 0,
+        }
+    }
+
+    fn layout(n: usize) -> std::alloc::Layout {
+        let size = n
+            .checked_mul(std::mem::size_of::<Bucket>())
+            .and_then(|b| b.checked_add(std::mem::align_of::<Bucket>() - Self::ALIGN))
+            .expect("table size");
+        std::alloc::Layout::from_size_align(size, Self::ALIGN).expect("table size")
+    }
+
+    /// `n` (> 0) free buckets.
+    fn zeroed(n: usize) -> Buckets {
+        let layout = Self::layout(n);
+        // SAFETY: the layout is not zero-sized (n > 0).
+        let block = unsafe { std::alloc::alloc_zeroed(layout) };
+        if block.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        let skip = block.align_offset(std::mem::align_of::<Bucket>());
+        // The block is 16-aligned, so the first 64-byte boundary is at most 48
+        // bytes in: the n buckets from there fit in the block. All zeros is a
+        // bucket of EMPTY slots, so they are initialised.
+        debug_assert!(skip <= std::mem::align_of::<Bucket>() - Self::ALIGN);
+        Buckets {
+            block,
+            // SAFETY: inside the block (see above).
+            base: unsafe { block.add(skip) }.cast::<Bucket>(),
+            len: n,
+        }
+    }
+}
+
+impl std::ops::Deref for Buckets {
+    type Target = [Bucket];
+    #[inline(always)]
+    fn deref(&self) -> &[Bucket] {
+        // SAFETY: `base` is aligned and, when `len` > 0, points at `len`
+        // initialised buckets owned by `self`.
+        unsafe { std::slice::from_raw_parts(self.base, self.len) }
+    }
+}
+
+impl std::ops::DerefMut for Buckets {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut [Bucket] {
+        // SAFETY: as for `deref`, and `&mut self` is exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.base, self.len) }
+    }
+}
+
+impl Drop for Buckets {
+    fn drop(&mut self) {
+        if !self.block.is_null() {
+            // SAFETY: the block was allocated with this layout.
+            unsafe { std::alloc::dealloc(self.block, Self::layout(self.len)) };
+        }
     }
 }
 
@@ -68,7 +159,7 @@ pub struct Vacant {
 
 /// The PE table.
 pub struct PeTable {
-    buckets: Vec<Bucket>,
+    buckets: Buckets,
     seed: u64,
     /// Keys in the table.
     live: usize,
@@ -90,7 +181,7 @@ impl PeTable {
     /// An empty table whose hashes are keyed by `seed`.
     pub fn new(seed: u64) -> PeTable {
         PeTable {
-            buckets: Vec::new(),
+            buckets: Buckets::empty(),
             seed,
             live: 0,
             used: 0,
@@ -158,7 +249,7 @@ impl PeTable {
     #[inline]
     pub fn get(&self, handle_hash: u64, pool: u32, id: u32) -> Option<u32> {
         let (b, s) = self.probe(handle_hash, key_of(pool, id)).ok()?;
-        Some(self.buckets[b].vals[s])
+        Some(self.buckets[b].vals[s] - 1)
     }
 
     /// Removes a key, returning its value.
@@ -177,7 +268,7 @@ impl PeTable {
             bucket.vals[s] = TOMB;
         }
         self.live -= 1;
-        Some(v)
+        Some(v - 1)
     }
 
     /// The value of a key, or where to insert it ([`insert`](Self::insert), with
@@ -197,7 +288,7 @@ impl PeTable {
         }
         let key = key_of(pool, id);
         match self.probe(handle_hash, key) {
-            Ok((b, s)) => Ok(self.buckets[b].vals[s]),
+            Ok((b, s)) => Ok(self.buckets[b].vals[s] - 1),
             Err(free) => {
                 // The load limit leaves free slots on every sequence's last bucket.
                 let (bucket, slot) = free.expect("a free slot below the load limit");
@@ -206,16 +297,21 @@ impl PeTable {
         }
     }
 
-    /// Inserts the key `v` was made for, with value `val` (below TOMB).
+    /// Inserts the key `v` was made for, with value `val` (below `u32::MAX - 1`).
     #[inline]
     pub fn insert(&mut self, v: Vacant, val: u32) {
-        debug_assert!(val < TOMB);
+        debug_assert!(val < u32::MAX - 1);
+        self.put(v, val + 1);
+    }
+
+    #[inline(always)]
+    fn put(&mut self, v: Vacant, stored: u32) {
         let bucket = &mut self.buckets[v.bucket];
         if bucket.vals[v.slot] == EMPTY {
             self.used += 1;
         }
         bucket.keys[v.slot] = v.key;
-        bucket.vals[v.slot] = val;
+        bucket.vals[v.slot] = stored;
         self.live += 1;
     }
 
@@ -227,17 +323,17 @@ impl PeTable {
         while n * SLOTS * 3 < (self.live + 1) * 8 {
             n *= 2;
         }
-        let old = std::mem::replace(&mut self.buckets, vec![FREE_BUCKET; n]);
+        let old = std::mem::replace(&mut self.buckets, Buckets::zeroed(n));
         self.used = 0;
         self.live = 0;
-        for bucket in &old {
+        for bucket in old.iter() {
             for s in 0..SLOTS {
-                if bucket.vals[s] < TOMB {
+                if Bucket::live(bucket.vals[s]) {
                     let key = bucket.keys[s];
                     let hh = handle_hash_of((key >> 32) as u32);
                     let free = self.probe(hh, key).err().flatten();
                     let (b, slot) = free.expect("room in a new table");
-                    self.insert(
+                    self.put(
                         Vacant {
                             bucket: b,
                             slot,
@@ -295,7 +391,7 @@ mod tests {
                     .buckets
                     .iter()
                     .flat_map(|b| b.vals)
-                    .filter(|&v| v < TOMB)
+                    .filter(|&v| Bucket::live(v))
                     .count();
                 let used = t
                     .buckets
