@@ -116,6 +116,10 @@ fn run(exe: &Path, static_link: bool) {
     } else {
         Command::new(exe)
     };
+    // cargo puts target/<profile> on the test's LD_LIBRARY_PATH, which the
+    // loader searches before the programs' RUNPATH: a librserpool.so left
+    // there by an earlier `cargo build` would shadow the one under test.
+    cmd.env("LD_LIBRARY_PATH", lib_dir());
     let ft = file_transfer_example();
     let suffix = if static_link { "-static" } else { "" };
     cmd.env("RSERPOOL_BIN", env!("CARGO_BIN_EXE_rserpool"))

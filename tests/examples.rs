@@ -30,6 +30,7 @@ fn decode_example_builds_and_decodes() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples-c/decode");
     for exe in ["decode", "decode-static"] {
         let o = Command::new(root.join(exe))
+            .env("LD_LIBRARY_PATH", lib_dir())
             .args(["0500000b", "00090007", "61626300"])
             .output()
             .expect("example runs");
@@ -65,6 +66,7 @@ struct Lines {
 impl Lines {
     fn spawn(exe: PathBuf, args: &[&str], stdin: bool) -> Lines {
         let mut child = Command::new(exe)
+            .env("LD_LIBRARY_PATH", lib_dir())
             .args(args)
             .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
@@ -337,6 +339,7 @@ fn file_transfer_example_fetches_a_file() {
         for (name, want) in [("data.bin", &data[..]), ("empty.bin", &[][..])] {
             let out = dir.join(format!("received-{client}-{name}"));
             let o = Command::new(root.join(client))
+                .env("LD_LIBRARY_PATH", lib_dir())
                 .args(["-p", &pool, &reg.url, name])
                 .arg(&out)
                 .output()
@@ -367,6 +370,7 @@ fn file_transfer_example_fetches_a_file() {
         // client says so and fails.
         for name in ["nope.bin", "../data.bin"] {
             let o = Command::new(root.join(client))
+                .env("LD_LIBRARY_PATH", lib_dir())
                 .args(["-p", &pool, &reg.url, name])
                 .arg(dir.join("never"))
                 .output()

@@ -27,6 +27,7 @@ fn go(args: &[&str]) -> Command {
     cmd.args(args)
         .current_dir(go_dir())
         .env("CGO_ENABLED", "1")
+        .env("LD_LIBRARY_PATH", &lib)
         .env(
             "CGO_LDFLAGS",
             format!("-L{0} -Wl,-rpath,{0}", lib.display()),
@@ -74,6 +75,7 @@ fn go_bindings() {
     must(go(&["build", "-o", exe.to_str().unwrap(), "./example"]));
     let reg = bindings_util::common::Proc::start(&[]);
     let mut cmd = Command::new(&exe);
+    cmd.env("LD_LIBRARY_PATH", lib_dir());
     cmd.args([
         "-registrar",
         &reg.url,
