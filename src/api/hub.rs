@@ -33,6 +33,7 @@ use super::session::{FailoverInfo, Message, Notification, PuShared, Session, Ses
 use super::{map_err, Error, Waiters};
 use crate::asap::{Client, RequestId, ResolvedPool, Selection};
 use crate::runtime::client::ClientDriver;
+use crate::runtime::idmap::IdMap;
 use crate::runtime::{
     Action, ConnId, ConnMeta, DataInfo, Driver, ListenResult, ListenerId, LoopHandle,
 };
@@ -331,7 +332,7 @@ struct PuEntry {
     shared: Arc<PuShared>,
     handle: Weak<SessionInner>,
     /// The core's connection names to the loop's.
-    conns: HashMap<core::ConnId, ConnId>,
+    conns: IdMap<core::ConnId, ConnId>,
     /// In `Hub::dirty_pu`: to be pumped once the loop's current batch of
     /// input is in.
     dirty: bool,
@@ -358,12 +359,12 @@ type Waiting = Vec<(u64, PoolHandle, Vec<u32>)>;
 pub(crate) struct Hub {
     actions: VecDeque<Action>,
     next_conn: u64,
-    routes: HashMap<ConnId, Route>,
-    pus: HashMap<u64, PuEntry>,
+    routes: IdMap<ConnId, Route>,
+    pus: IdMap<u64, PuEntry>,
     timers: Timers<u64>,
     resolving: HashMap<RequestId, Waiting>,
     listeners: HashMap<ListenerId, Listening>,
-    pes: HashMap<ConnId, PeEntry>,
+    pes: IdMap<ConnId, PeEntry>,
     /// Sessions fed data or ACKs since their last pump: pumped once per
     /// batch of input ([`Hub::pump_dirty`]), not once per message.
     dirty_pu: Vec<u64>,
@@ -423,7 +424,7 @@ impl Hub {
                     PuEntry {
                         shared,
                         handle,
-                        conns: HashMap::new(),
+                        conns: IdMap::default(),
                         dirty: false,
                     },
                 );
@@ -485,9 +486,11 @@ impl Hub {
                 std::iter::from_fn(|| c.poll_event()).collect()
             };
             if !events.is_empty() {
+                let mut batch = Vec::new();
                 for ev in events {
-                    dispatch_pu(&shared, &handle, ev);
+                    dispatch_pu(&shared, &handle, ev, &mut batch);
                 }
+                deliver(&shared, &mut batch);
                 continue;
             }
             if shared.closing.load(Ordering::Acquire) {
@@ -874,9 +877,9 @@ impl Hub {
         server.push(PeSessionHandle { inner });
     }
 
-    /// Drive a PE session: its outputs to the loop; with a callback, its
-    /// notifications to it (each message acknowledged when it returns); its
-    /// close.
+    /// Drive a PE session: with a callback, every waiting notification to
+    /// it (each message acknowledged when it returns); then its outputs to
+    /// the loop, the replies of a whole read burst at once; its close.
     fn pump_pe(&mut self, conn: ConnId) {
         let Some(e) = self.pes.get(&conn) else {
             return;
@@ -885,27 +888,46 @@ impl Hub {
         let handle = e.handle.clone();
         shared.needs_pump.store(false, Ordering::Release);
         loop {
-            let cb = shared.callback.lock().clone();
-            let (outs, next, close) = {
+            let mut h: Option<Option<PeSessionHandle>> = None;
+            while let Some(cb) = shared.callback.lock().clone() {
+                let n = {
+                    let mut st = shared.state.lock();
+                    if st.aborted {
+                        return;
+                    }
+                    st.next()
+                };
+                let Some(n) = n else {
+                    break;
+                };
+                let h = h
+                    .get_or_insert_with(|| handle.upgrade().map(|inner| PeSessionHandle { inner }));
+                if let Some(h) = h {
+                    guarded("pool element session", || (cb.lock())(h, n));
+                }
+                // Back from the callback: done with that message.
+                shared.state.lock().core.ack();
+            }
+            let (outs, close, waiting) = {
                 let mut st = shared.state.lock();
                 if st.aborted {
                     return;
                 }
                 let outs: Vec<PeOutput> = std::iter::from_fn(|| st.core.poll_output()).collect();
-                let next = match &cb {
-                    Some(_) if outs.is_empty() => st.next(),
-                    _ => None,
-                };
+                // A callback installed meanwhile finds notifications waiting.
+                let waiting = shared.callback.lock().is_some()
+                    && (st.core.pending_events() > 0 || (st.closed && !st.closed_told));
                 st.sync();
-                let close = st.closing && !st.closed && outs.is_empty() && next.is_none();
+                let close = st.closing && !st.closed && outs.is_empty() && !waiting;
                 if close {
                     st.closed = true;
                     st.closed_told = true;
                     st.sync();
                 }
-                (outs, next, close)
+                (outs, close, waiting)
             };
-            for o in &outs {
+            let more = !outs.is_empty();
+            for o in outs {
                 self.actions.push_back(match o {
                     PeOutput::Send {
                         ppid,
@@ -915,14 +937,16 @@ impl Hub {
                         ..
                     } => Action::SendData {
                         conn,
-                        ppid: *ppid,
-                        stream: *stream,
-                        unordered: *unordered,
-                        msg: bytes.clone(),
+                        ppid,
+                        stream,
+                        unordered,
+                        msg: bytes,
                     },
                     PeOutput::Ack { .. } => Action::Ack { conn },
                 });
             }
+            // Dropped with no lock held: the last handle closes the session.
+            drop(h);
             if close {
                 self.actions.push_back(Action::Close {
                     conn,
@@ -932,16 +956,7 @@ impl Hub {
                 self.pes.remove(&conn);
                 return;
             }
-            if let (Some(n), Some(cb)) = (next, cb) {
-                if let Some(inner) = handle.upgrade() {
-                    let h = PeSessionHandle { inner };
-                    guarded("pool element session", || (cb.lock())(&h, n));
-                }
-                // Back from the callback: done with that message.
-                shared.state.lock().core.ack();
-                continue;
-            }
-            if outs.is_empty() {
+            if !more && !waiting {
                 return;
             }
         }
@@ -1004,17 +1019,35 @@ impl Hub {
     }
 }
 
-/// One core event to the application: a callback, or the queue.
-fn dispatch_pu(shared: &Arc<PuShared>, handle: &Weak<SessionInner>, ev: Event) {
-    match ev {
-        Event::Connected { pe } => {
-            {
-                let mut st = shared.state.lock();
+/// Queue notifications for the application: all under one lock, with one
+/// wake-up (not one per message of a read burst).
+fn deliver(shared: &PuShared, batch: &mut Vec<Notification>) {
+    if batch.is_empty() {
+        return;
+    }
+    {
+        let mut st = shared.state.lock();
+        for n in batch.drain(..) {
+            if matches!(n, Notification::Connected { .. }) {
                 st.connected = true;
-                st.push(Notification::Connected { pe });
             }
-            shared.cv.notify_all();
+            st.queue.push_back(n);
         }
+        st.signal.set(true);
+    }
+    shared.cv.notify_all();
+}
+
+/// One core event to the application: a callback, or the queue (through
+/// `batch`, delivered before any callback runs, so that order holds).
+fn dispatch_pu(
+    shared: &Arc<PuShared>,
+    handle: &Weak<SessionInner>,
+    ev: Event,
+    batch: &mut Vec<Notification>,
+) {
+    match ev {
+        Event::Connected { pe } => batch.push(Notification::Connected { pe }),
         Event::Data {
             ppid,
             bytes,
@@ -1022,6 +1055,7 @@ fn dispatch_pu(shared: &Arc<PuShared>, handle: &Weak<SessionInner>, ev: Event) {
         } => {
             let cb = shared.callbacks.lock().data.clone();
             if let (Some(cb), Some(inner)) = (cb, handle.upgrade()) {
+                deliver(shared, batch);
                 let s = Session { inner };
                 let m = Message {
                     ppid,
@@ -1030,7 +1064,7 @@ fn dispatch_pu(shared: &Arc<PuShared>, handle: &Weak<SessionInner>, ev: Event) {
                 };
                 guarded("data", || (cb.lock())(&s, m));
             } else {
-                shared.notify(Notification::Data {
+                batch.push(Notification::Data {
                     ppid,
                     bytes,
                     stream,
@@ -1040,15 +1074,16 @@ fn dispatch_pu(shared: &Arc<PuShared>, handle: &Weak<SessionInner>, ev: Event) {
         Event::Failover { from, to, resent } => {
             let cb = shared.callbacks.lock().failover.clone();
             if let (Some(cb), Some(inner)) = (cb, handle.upgrade()) {
+                deliver(shared, batch);
                 let s = Session { inner };
                 let info = FailoverInfo { from, to, resent };
                 guarded("fail-over", || (cb.lock())(&s, &info));
             } else {
-                shared.notify(Notification::Failover { from, to, resent });
+                batch.push(Notification::Failover { from, to, resent });
             }
         }
-        Event::PeerFailed { pe } => shared.notify(Notification::PeerFailed { pe }),
-        Event::Failed(e) => shared.notify(Notification::Failed(e)),
-        Event::Acked { seq } => shared.notify(Notification::Acked { seq }),
+        Event::PeerFailed { pe } => batch.push(Notification::PeerFailed { pe }),
+        Event::Failed(e) => batch.push(Notification::Failed(e)),
+        Event::Acked { seq } => batch.push(Notification::Acked { seq }),
     }
 }

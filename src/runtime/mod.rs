@@ -33,6 +33,7 @@
 //! runs on the loop thread.
 
 mod conn;
+pub(crate) mod idmap;
 mod reactor;
 pub mod sctp;
 mod slab;
@@ -312,6 +313,15 @@ pub struct RuntimeConfig {
     /// Kernel SCTP association parameters (heartbeat, RTO) for every SCTP
     /// socket the loop opens or accepts.
     pub sctp: SctpParams,
+    /// TCP mapping: send the ACKs owed on a connection as one ACK chunk
+    /// carrying the cumulative TSN when its output is next written (once per
+    /// loop turn), instead of one ACK chunk per DATA chunk (digest §10.4's
+    /// letter). A cumulative TSN acknowledges every chunk up to it, so a
+    /// peer that keeps copies until acknowledged (our sessions) loses
+    /// nothing; an ACK never goes out earlier than it would have. Where the
+    /// peer's INIT asked for ACKs without TSN, one chunk per DATA chunk is
+    /// still sent. Off by default; the API's contexts turn it on.
+    pub coalesce_acks: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -328,6 +338,7 @@ impl Default for RuntimeConfig {
             announce_ttl: 1,
             connect_timeout: Duration::from_secs(10),
             sctp: SctpParams::default(),
+            coalesce_acks: false,
         }
     }
 }

@@ -1,6 +1,5 @@
 //! The mio event loop that runs a [`Driver`].
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -13,6 +12,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use std::os::fd::AsRawFd;
 
 use super::conn::{ReadOutcome, SctpConn, TcpMapConn, Transport};
+use super::idmap::IdMap;
 use super::sctp::SctpSocket;
 use super::slab::Slab;
 use super::url::{EndpointUrl, Proto};
@@ -189,9 +189,9 @@ pub struct EventLoop<D: Driver> {
     failed_connects: Vec<ConnId>,
     listeners: Vec<(Proto, SocketAddr)>,
     /// Slots of the connections opened under driver-chosen ids.
-    aliases: HashMap<ConnId, (usize, u32)>,
+    aliases: IdMap<ConnId, (usize, u32)>,
     /// Slots of the dynamic listeners.
-    dynamic: HashMap<ListenerId, usize>,
+    dynamic: IdMap<ListenerId, usize>,
     /// Answers to `Action::Listen`, reported after the current action.
     listen_results: Vec<(ListenerId, ListenResult)>,
     /// SCTP connections whose messages the kernel accepted (each one an
@@ -260,8 +260,8 @@ impl<D: Driver> EventLoop<D> {
             to_close: Vec::new(),
             failed_connects: Vec::new(),
             listeners,
-            aliases: HashMap::new(),
-            dynamic: HashMap::new(),
+            aliases: IdMap::default(),
+            dynamic: IdMap::default(),
             listen_results: Vec::new(),
             kernel_acks: Vec::new(),
             announce,
@@ -700,7 +700,7 @@ impl<D: Driver> EventLoop<D> {
                     return; // resumed by flush_one when the backlog drains
                 }
                 let o = t.read_burst(id, &mut self.driver, cfg, now);
-                if !t.flags().dirty && t.backlog() > 0 {
+                if !t.flags().dirty && t.needs_flush() {
                     t.flags().dirty = true;
                     self.dirty.push(id);
                 }
