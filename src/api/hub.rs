@@ -45,6 +45,9 @@ use crate::wire::{PoolElement, PoolHandle, Transport};
 /// Bit 62 of a driver-chosen id: a session's connection.
 const SESSION_BIT: u64 = 1 << 62;
 
+/// Bytes of application messages per [`Action::SendBatch`].
+const BATCH_BYTES: usize = 64 << 10;
+
 /// Something to do on the loop thread for the application.
 pub(crate) enum Work {
     /// Drive a pool user session.
@@ -469,14 +472,48 @@ impl Hub {
         let handle = e.handle.clone();
         shared.needs_pump.store(false, Ordering::Release);
         loop {
+            // The application's messages are copied once, into one packed
+            // batch per round (not one buffer each), in slices of 64 KiB.
+            let mut batch: Option<core::ConnId> = None;
+            let mut msgs: Vec<(DataInfo, usize)> = Vec::new();
+            let mut bytes: Vec<u8> = Vec::new();
             let outs: Vec<Output> = {
                 let mut c = shared.core.lock();
-                std::iter::from_fn(|| c.poll_output()).collect()
+                let mut sink = |m: core::SendRef<'_>| {
+                    if batch.is_none() {
+                        // At most BATCH_BYTES, or one larger message: no
+                        // regrowing (and copying) while packing.
+                        bytes.reserve_exact(BATCH_BYTES.max(m.bytes.len()));
+                    }
+                    batch = Some(m.conn);
+                    msgs.push((
+                        DataInfo {
+                            ppid: m.ppid,
+                            stream: m.stream,
+                            unordered: m.unordered,
+                        },
+                        m.bytes.len(),
+                    ));
+                    bytes.extend_from_slice(m.bytes);
+                };
+                std::iter::from_fn(|| c.poll_output_with(BATCH_BYTES, &mut sink))
+                    .take(64)
+                    .collect()
             };
-            if !outs.is_empty() {
-                for o in outs {
-                    self.pu_output(client, sid, &shared, o, now);
+            let progress = !outs.is_empty() || batch.is_some();
+            for o in outs {
+                self.pu_output(client, sid, &shared, o, now);
+            }
+            if let Some(conn) = batch {
+                if let Some(&id) = self.pus.get(&sid).and_then(|e| e.conns.get(&conn)) {
+                    self.actions.push_back(Action::SendBatch {
+                        conn: id,
+                        msgs,
+                        bytes,
+                    });
                 }
+            }
+            if progress {
                 continue;
             }
             // Outputs drained: the events, then back to the outputs (a
@@ -913,7 +950,9 @@ impl Hub {
                 if st.aborted {
                     return;
                 }
-                let outs: Vec<PeOutput> = std::iter::from_fn(|| st.core.poll_output()).collect();
+                let outs: Vec<PeOutput> = std::iter::from_fn(|| st.core.poll_output())
+                    .take(128)
+                    .collect();
                 // A callback installed meanwhile finds notifications waiting.
                 let waiting = shared.callback.lock().is_some()
                     && (st.core.pending_events() > 0 || (st.closed && !st.closed_told));

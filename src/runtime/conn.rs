@@ -127,6 +127,14 @@ impl Transport {
     }
 
     /// Write queued output until done or WouldBlock; the remaining backlog.
+    /// Unsent output bytes.
+    pub(crate) fn backlog(&self) -> usize {
+        match self {
+            Transport::Tcp(t) => t.backlog(),
+            Transport::Sctp(s) => s.backlog,
+        }
+    }
+
     /// Output waiting to be written: bytes, or coalesced ACKs.
     pub(crate) fn needs_flush(&self) -> bool {
         match self {

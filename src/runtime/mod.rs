@@ -196,6 +196,19 @@ pub enum Action {
         /// The message.
         msg: Vec<u8>,
     },
+    /// Several messages for one connection, packed: each goes out as with
+    /// [`Action::SendData`], in order. The payloads lie back to back in
+    /// `bytes`; `msgs` gives each one's header fields and length (their sum
+    /// must be `bytes.len()`; a batch that does not add up is dropped). One
+    /// buffer per batch instead of one per message.
+    SendBatch {
+        /// The connection.
+        conn: ConnId,
+        /// Each message's header fields and length, in order.
+        msgs: Vec<(DataInfo, usize)>,
+        /// The payloads.
+        bytes: Vec<u8>,
+    },
     /// Switch the connection to manual acknowledgement (`true`): the loop no
     /// longer sends a TCP mapping ACK chunk for each DATA chunk it delivers;
     /// the driver sends them with [`Action::Ack`]. `false` returns to
