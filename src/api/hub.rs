@@ -945,44 +945,64 @@ impl Hub {
                 // Back from the callback: done with that message.
                 shared.state.lock().core.ack();
             }
-            let (outs, close, waiting) = {
+            // The replies packed into one batch (their buffers back to the
+            // core for the next replies), then the ACKs (coalesced by the
+            // loop into one chunk, written after the replies).
+            let mut msgs: Vec<(DataInfo, usize)> = Vec::new();
+            let mut bytes: Vec<u8> = Vec::new();
+            let mut acks = 0usize;
+            let (close, waiting) = {
                 let mut st = shared.state.lock();
                 if st.aborted {
                     return;
                 }
-                let outs: Vec<PeOutput> = std::iter::from_fn(|| st.core.poll_output())
-                    .take(128)
-                    .collect();
+                while bytes.len() < BATCH_BYTES {
+                    match st.core.poll_output() {
+                        Some(PeOutput::Send {
+                            ppid,
+                            bytes: b,
+                            stream,
+                            unordered,
+                            ..
+                        }) => {
+                            if msgs.is_empty() {
+                                bytes.reserve_exact(BATCH_BYTES.max(b.len()));
+                            }
+                            msgs.push((
+                                DataInfo {
+                                    ppid,
+                                    stream,
+                                    unordered,
+                                },
+                                b.len(),
+                            ));
+                            bytes.extend_from_slice(&b);
+                            st.core.recycle(b);
+                        }
+                        Some(PeOutput::Ack { .. }) => acks += 1,
+                        None => break,
+                    }
+                }
+                let idle = msgs.is_empty() && acks == 0;
                 // A callback installed meanwhile finds notifications waiting.
                 let waiting = shared.callback.lock().is_some()
                     && (st.core.pending_events() > 0 || (st.closed && !st.closed_told));
                 st.sync();
-                let close = st.closing && !st.closed && outs.is_empty() && !waiting;
+                let close = st.closing && !st.closed && idle && !waiting;
                 if close {
                     st.closed = true;
                     st.closed_told = true;
                     st.sync();
                 }
-                (outs, close, waiting)
+                (close, waiting)
             };
-            let more = !outs.is_empty();
-            for o in outs {
-                self.actions.push_back(match o {
-                    PeOutput::Send {
-                        ppid,
-                        bytes,
-                        stream,
-                        unordered,
-                        ..
-                    } => Action::SendData {
-                        conn,
-                        ppid,
-                        stream,
-                        unordered,
-                        msg: bytes,
-                    },
-                    PeOutput::Ack { .. } => Action::Ack { conn },
-                });
+            let more = !msgs.is_empty() || acks > 0;
+            if !msgs.is_empty() {
+                self.actions
+                    .push_back(Action::SendBatch { conn, msgs, bytes });
+            }
+            for _ in 0..acks {
+                self.actions.push_back(Action::Ack { conn });
             }
             // Dropped with no lock held: the last handle closes the session.
             drop(h);

@@ -81,8 +81,10 @@
 #![forbid(unsafe_code)]
 
 mod pe;
+mod pool;
 
 pub use pe::{PeEvent, PeOutput, PeSession, PeStats, SessionAcceptor};
+use pool::BufPool;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
@@ -487,6 +489,8 @@ pub struct Session {
     out: VecDeque<Output>,
     events: VecDeque<Event>,
     stats: SessionStats,
+    /// Buffers of acknowledged messages, reused by `send`.
+    bufs: BufPool,
 }
 
 fn pe_addr(pe: &PoolElement) -> Option<SocketAddr> {
@@ -548,6 +552,7 @@ impl Session {
             out: VecDeque::new(),
             events: VecDeque::new(),
             stats: SessionStats::default(),
+            bufs: BufPool::default(),
         }
     }
 
@@ -877,6 +882,7 @@ impl Session {
                     if self.config.ack_events {
                         self.events.push_back(Event::Acked { seq: m.seq });
                     }
+                    self.bufs.give(m.bytes);
                 }
                 Some((_, Sent::Dropped(len))) => {
                     self.unacked -= 1;
@@ -917,7 +923,7 @@ impl Session {
         let m = Msg {
             seq,
             ppid,
-            bytes: bytes.to_vec(),
+            bytes: self.bufs.copy_of(bytes),
             opts,
             sent_before: false,
         };
@@ -1101,6 +1107,7 @@ impl Session {
                 inflight.push_back((tsn, Sent::Kept(m)));
             } else {
                 inflight.push_back((tsn, Sent::Dropped(m.bytes.len())));
+                self.bufs.give(m.bytes);
             }
             if self
                 .queue
@@ -1144,6 +1151,7 @@ impl Session {
                 inflight.push_back((tsn, Sent::Kept(m)));
             } else {
                 inflight.push_back((tsn, Sent::Dropped(m.bytes.len())));
+                self.bufs.give(m.bytes);
             }
         }
     }
