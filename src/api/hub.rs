@@ -248,7 +248,10 @@ impl Driver for ContextDriver {
 
     fn on_data(&mut self, conn: ConnId, info: DataInfo, msg: &[u8], now: Time) {
         if self.owns(conn) {
-            self.hub(now, |h, _, now| h.on_data(conn, info, msg, now));
+            // Per message: straight to the hub (it needs no ASAP client
+            // here; the sessions it touched are pumped after the burst).
+            self.now = self.now.max(now);
+            self.inner.handler_mut().hub.on_data(conn, info, msg, now);
         } else {
             self.inner.on_message(conn, info.ppid, msg, now);
         }
@@ -256,7 +259,8 @@ impl Driver for ContextDriver {
 
     fn on_ack(&mut self, conn: ConnId, cum_tsn: Option<u32>, now: Time) {
         if self.owns(conn) {
-            self.hub(now, |h, _, now| h.on_ack(conn, cum_tsn, now));
+            self.now = self.now.max(now);
+            self.inner.handler_mut().hub.on_ack(conn, cum_tsn, now);
         }
     }
 

@@ -20,7 +20,10 @@
 //! ENRP need. A connection in manual-ack mode ([`Action::ManualAck`], or a
 //! dynamic listener's choice) leaves that to the driver ([`Action::Ack`]),
 //! so an application can acknowledge a message only once it is done with
-//! it; ACK chunks received go to [`Driver::on_ack`]. SCTP has no ACK
+//! it; ACK chunks received go to [`Driver::on_ack`]. With
+//! [`RuntimeConfig::coalesce_acks`] the ACKs owed on a connection go out as
+//! one chunk with the cumulative TSN when its output is next written (once
+//! per loop turn) rather than one chunk each. SCTP has no ACK
 //! chunks: there a message counts as acknowledged once the kernel accepted
 //! it from the loop's send queue (`on_ack` with `None`), and `Action::Ack`
 //! does nothing.
