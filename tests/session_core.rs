@@ -1290,3 +1290,67 @@ fn own_business_card_goes_after_the_cookie_echo_on_every_connection() {
     pu.close();
     assert_eq!(pu.set_business_card(None), Err(SendError::Closed));
 }
+
+#[test]
+fn lent_messages_come_in_batches_after_other_outputs_and_stay_buffered() {
+    let mut pu = Session::open(pool(), SessionConfig::default(), Time::ZERO);
+    assert!(matches!(pu.poll_output(), Some(Output::NeedServer { .. })));
+    pu.handle_server(pe_param(1), Time::ZERO);
+    let c0 = match pu.poll_output() {
+        Some(Output::Connect { conn, .. }) => conn,
+        o => panic!("{o:?}"),
+    };
+    pu.handle_connected(c0, Time::ZERO);
+    assert_eq!(pu.poll_event(), Some(Event::Connected { pe: 1 }));
+    for i in 0..5u8 {
+        pu.send(&[i; 400], PPID_APP, SendOptions::default())
+            .unwrap();
+    }
+    // Queued after the messages, but an output: it goes first, as with
+    // poll_output.
+    pu.set_business_card(Some((pool(), vec![pe_param(9)])))
+        .unwrap();
+    let mut others = Vec::new();
+    let mut rounds: Vec<Vec<(u32, u64, u8, usize)>> = Vec::new();
+    loop {
+        let mut lent = Vec::new();
+        let o = pu.poll_output_with(1000, &mut |m| {
+            assert_eq!((m.conn, m.ppid), (c0, PPID_APP));
+            lent.push((m.tsn, m.seq, m.bytes[0], m.bytes.len()));
+        });
+        match o {
+            Some(o) => {
+                assert!(lent.is_empty(), "messages only once no output waits");
+                others.push(o);
+            }
+            None if lent.is_empty() => break,
+            None => rounds.push(lent),
+        }
+    }
+    assert_eq!(others.len(), 1);
+    assert!(matches!(
+        &others[0],
+        Output::Send {
+            tsn: 0,
+            ppid: PPID_ASAP,
+            ..
+        }
+    ));
+    // At most 1000 bytes per round (400 + 400; a third would pass it).
+    assert_eq!(
+        rounds,
+        vec![
+            vec![(1, 0, 0, 400), (2, 1, 1, 400)],
+            vec![(3, 2, 2, 400), (4, 3, 3, 400)],
+            vec![(5, 4, 4, 400)],
+        ]
+    );
+    // Lent, not given away: kept until acknowledged.
+    assert_eq!(pu.buffered(), 5);
+    pu.handle_ack(c0, Some(2), Time::ZERO);
+    assert_eq!(pu.buffered(), 3);
+    assert_eq!(pu.stats().sent, 5);
+    pu.close();
+    let unsent: Vec<u64> = pu.take_unsent().into_iter().map(|(s, ..)| s).collect();
+    assert_eq!(unsent, vec![2, 3, 4]);
+}

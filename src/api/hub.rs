@@ -33,6 +33,7 @@ use super::session::{FailoverInfo, Message, Notification, PuShared, Session, Ses
 use super::{map_err, Error, Waiters};
 use crate::asap::{Client, RequestId, ResolvedPool, Selection};
 use crate::runtime::client::ClientDriver;
+use crate::runtime::idmap::IdMap;
 use crate::runtime::{
     Action, ConnId, ConnMeta, DataInfo, Driver, ListenResult, ListenerId, LoopHandle,
 };
@@ -43,6 +44,9 @@ use crate::wire::{PoolElement, PoolHandle, Transport};
 
 /// Bit 62 of a driver-chosen id: a session's connection.
 const SESSION_BIT: u64 = 1 << 62;
+
+/// Bytes of application messages per [`Action::SendBatch`].
+const BATCH_BYTES: usize = 64 << 10;
 
 /// Something to do on the loop thread for the application.
 pub(crate) enum Work {
@@ -244,7 +248,10 @@ impl Driver for ContextDriver {
 
     fn on_data(&mut self, conn: ConnId, info: DataInfo, msg: &[u8], now: Time) {
         if self.owns(conn) {
-            self.hub(now, |h, _, now| h.on_data(conn, info, msg, now));
+            // Per message: straight to the hub (it needs no ASAP client
+            // here; the sessions it touched are pumped after the burst).
+            self.now = self.now.max(now);
+            self.inner.handler_mut().hub.on_data(conn, info, msg, now);
         } else {
             self.inner.on_message(conn, info.ppid, msg, now);
         }
@@ -252,7 +259,8 @@ impl Driver for ContextDriver {
 
     fn on_ack(&mut self, conn: ConnId, cum_tsn: Option<u32>, now: Time) {
         if self.owns(conn) {
-            self.hub(now, |h, _, now| h.on_ack(conn, cum_tsn, now));
+            self.now = self.now.max(now);
+            self.inner.handler_mut().hub.on_ack(conn, cum_tsn, now);
         }
     }
 
@@ -331,7 +339,7 @@ struct PuEntry {
     shared: Arc<PuShared>,
     handle: Weak<SessionInner>,
     /// The core's connection names to the loop's.
-    conns: HashMap<core::ConnId, ConnId>,
+    conns: IdMap<core::ConnId, ConnId>,
     /// In `Hub::dirty_pu`: to be pumped once the loop's current batch of
     /// input is in.
     dirty: bool,
@@ -358,12 +366,12 @@ type Waiting = Vec<(u64, PoolHandle, Vec<u32>)>;
 pub(crate) struct Hub {
     actions: VecDeque<Action>,
     next_conn: u64,
-    routes: HashMap<ConnId, Route>,
-    pus: HashMap<u64, PuEntry>,
+    routes: IdMap<ConnId, Route>,
+    pus: IdMap<u64, PuEntry>,
     timers: Timers<u64>,
     resolving: HashMap<RequestId, Waiting>,
     listeners: HashMap<ListenerId, Listening>,
-    pes: HashMap<ConnId, PeEntry>,
+    pes: IdMap<ConnId, PeEntry>,
     /// Sessions fed data or ACKs since their last pump: pumped once per
     /// batch of input ([`Hub::pump_dirty`]), not once per message.
     dirty_pu: Vec<u64>,
@@ -423,7 +431,7 @@ impl Hub {
                     PuEntry {
                         shared,
                         handle,
-                        conns: HashMap::new(),
+                        conns: IdMap::default(),
                         dirty: false,
                     },
                 );
@@ -468,14 +476,48 @@ impl Hub {
         let handle = e.handle.clone();
         shared.needs_pump.store(false, Ordering::Release);
         loop {
+            // The application's messages are copied once, into one packed
+            // batch per round (not one buffer each), in slices of 64 KiB.
+            let mut batch: Option<core::ConnId> = None;
+            let mut msgs: Vec<(DataInfo, usize)> = Vec::new();
+            let mut bytes: Vec<u8> = Vec::new();
             let outs: Vec<Output> = {
                 let mut c = shared.core.lock();
-                std::iter::from_fn(|| c.poll_output()).collect()
+                let mut sink = |m: core::SendRef<'_>| {
+                    if batch.is_none() {
+                        // At most BATCH_BYTES, or one larger message: no
+                        // regrowing (and copying) while packing.
+                        bytes.reserve_exact(BATCH_BYTES.max(m.bytes.len()));
+                    }
+                    batch = Some(m.conn);
+                    msgs.push((
+                        DataInfo {
+                            ppid: m.ppid,
+                            stream: m.stream,
+                            unordered: m.unordered,
+                        },
+                        m.bytes.len(),
+                    ));
+                    bytes.extend_from_slice(m.bytes);
+                };
+                std::iter::from_fn(|| c.poll_output_with(BATCH_BYTES, &mut sink))
+                    .take(64)
+                    .collect()
             };
-            if !outs.is_empty() {
-                for o in outs {
-                    self.pu_output(client, sid, &shared, o, now);
+            let progress = !outs.is_empty() || batch.is_some();
+            for o in outs {
+                self.pu_output(client, sid, &shared, o, now);
+            }
+            if let Some(conn) = batch {
+                if let Some(&id) = self.pus.get(&sid).and_then(|e| e.conns.get(&conn)) {
+                    self.actions.push_back(Action::SendBatch {
+                        conn: id,
+                        msgs,
+                        bytes,
+                    });
                 }
+            }
+            if progress {
                 continue;
             }
             // Outputs drained: the events, then back to the outputs (a
@@ -485,9 +527,11 @@ impl Hub {
                 std::iter::from_fn(|| c.poll_event()).collect()
             };
             if !events.is_empty() {
+                let mut batch = Vec::new();
                 for ev in events {
-                    dispatch_pu(&shared, &handle, ev);
+                    dispatch_pu(&shared, &handle, ev, &mut batch);
                 }
+                deliver(&shared, &mut batch);
                 continue;
             }
             if shared.closing.load(Ordering::Acquire) {
@@ -874,9 +918,9 @@ impl Hub {
         server.push(PeSessionHandle { inner });
     }
 
-    /// Drive a PE session: its outputs to the loop; with a callback, its
-    /// notifications to it (each message acknowledged when it returns); its
-    /// close.
+    /// Drive a PE session: with a callback, every waiting notification to
+    /// it (each message acknowledged when it returns); then its outputs to
+    /// the loop, the replies of a whole read burst at once; its close.
     fn pump_pe(&mut self, conn: ConnId) {
         let Some(e) = self.pes.get(&conn) else {
             return;
@@ -885,44 +929,87 @@ impl Hub {
         let handle = e.handle.clone();
         shared.needs_pump.store(false, Ordering::Release);
         loop {
-            let cb = shared.callback.lock().clone();
-            let (outs, next, close) = {
+            let mut h: Option<Option<PeSessionHandle>> = None;
+            while let Some(cb) = shared.callback.lock().clone() {
+                let n = {
+                    let mut st = shared.state.lock();
+                    if st.aborted {
+                        return;
+                    }
+                    st.next()
+                };
+                let Some(n) = n else {
+                    break;
+                };
+                let h = h
+                    .get_or_insert_with(|| handle.upgrade().map(|inner| PeSessionHandle { inner }));
+                if let Some(h) = h {
+                    guarded("pool element session", || (cb.lock())(h, n));
+                }
+                // Back from the callback: done with that message.
+                shared.state.lock().core.ack();
+            }
+            // The replies packed into one batch (their buffers back to the
+            // core for the next replies), then the ACKs (coalesced by the
+            // loop into one chunk, written after the replies).
+            let mut msgs: Vec<(DataInfo, usize)> = Vec::new();
+            let mut bytes: Vec<u8> = Vec::new();
+            let mut acks = 0usize;
+            let (close, waiting) = {
                 let mut st = shared.state.lock();
                 if st.aborted {
                     return;
                 }
-                let outs: Vec<PeOutput> = std::iter::from_fn(|| st.core.poll_output()).collect();
-                let next = match &cb {
-                    Some(_) if outs.is_empty() => st.next(),
-                    _ => None,
-                };
+                while bytes.len() < BATCH_BYTES {
+                    match st.core.poll_output() {
+                        Some(PeOutput::Send {
+                            ppid,
+                            bytes: b,
+                            stream,
+                            unordered,
+                            ..
+                        }) => {
+                            if msgs.is_empty() {
+                                bytes.reserve_exact(BATCH_BYTES.max(b.len()));
+                            }
+                            msgs.push((
+                                DataInfo {
+                                    ppid,
+                                    stream,
+                                    unordered,
+                                },
+                                b.len(),
+                            ));
+                            bytes.extend_from_slice(&b);
+                            st.core.recycle(b);
+                        }
+                        Some(PeOutput::Ack { .. }) => acks += 1,
+                        None => break,
+                    }
+                }
+                let idle = msgs.is_empty() && acks == 0;
+                // A callback installed meanwhile finds notifications waiting.
+                let waiting = shared.callback.lock().is_some()
+                    && (st.core.pending_events() > 0 || (st.closed && !st.closed_told));
                 st.sync();
-                let close = st.closing && !st.closed && outs.is_empty() && next.is_none();
+                let close = st.closing && !st.closed && idle && !waiting;
                 if close {
                     st.closed = true;
                     st.closed_told = true;
                     st.sync();
                 }
-                (outs, next, close)
+                (close, waiting)
             };
-            for o in &outs {
-                self.actions.push_back(match o {
-                    PeOutput::Send {
-                        ppid,
-                        bytes,
-                        stream,
-                        unordered,
-                        ..
-                    } => Action::SendData {
-                        conn,
-                        ppid: *ppid,
-                        stream: *stream,
-                        unordered: *unordered,
-                        msg: bytes.clone(),
-                    },
-                    PeOutput::Ack { .. } => Action::Ack { conn },
-                });
+            let more = !msgs.is_empty() || acks > 0;
+            if !msgs.is_empty() {
+                self.actions
+                    .push_back(Action::SendBatch { conn, msgs, bytes });
             }
+            for _ in 0..acks {
+                self.actions.push_back(Action::Ack { conn });
+            }
+            // Dropped with no lock held: the last handle closes the session.
+            drop(h);
             if close {
                 self.actions.push_back(Action::Close {
                     conn,
@@ -932,16 +1019,7 @@ impl Hub {
                 self.pes.remove(&conn);
                 return;
             }
-            if let (Some(n), Some(cb)) = (next, cb) {
-                if let Some(inner) = handle.upgrade() {
-                    let h = PeSessionHandle { inner };
-                    guarded("pool element session", || (cb.lock())(&h, n));
-                }
-                // Back from the callback: done with that message.
-                shared.state.lock().core.ack();
-                continue;
-            }
-            if outs.is_empty() {
+            if !more && !waiting {
                 return;
             }
         }
@@ -1004,17 +1082,35 @@ impl Hub {
     }
 }
 
-/// One core event to the application: a callback, or the queue.
-fn dispatch_pu(shared: &Arc<PuShared>, handle: &Weak<SessionInner>, ev: Event) {
-    match ev {
-        Event::Connected { pe } => {
-            {
-                let mut st = shared.state.lock();
+/// Queue notifications for the application: all under one lock, with one
+/// wake-up (not one per message of a read burst).
+fn deliver(shared: &PuShared, batch: &mut Vec<Notification>) {
+    if batch.is_empty() {
+        return;
+    }
+    {
+        let mut st = shared.state.lock();
+        for n in batch.drain(..) {
+            if matches!(n, Notification::Connected { .. }) {
                 st.connected = true;
-                st.push(Notification::Connected { pe });
             }
-            shared.cv.notify_all();
+            st.queue.push_back(n);
         }
+        st.signal.set(true);
+    }
+    shared.cv.notify_all();
+}
+
+/// One core event to the application: a callback, or the queue (through
+/// `batch`, delivered before any callback runs, so that order holds).
+fn dispatch_pu(
+    shared: &Arc<PuShared>,
+    handle: &Weak<SessionInner>,
+    ev: Event,
+    batch: &mut Vec<Notification>,
+) {
+    match ev {
+        Event::Connected { pe } => batch.push(Notification::Connected { pe }),
         Event::Data {
             ppid,
             bytes,
@@ -1022,6 +1118,7 @@ fn dispatch_pu(shared: &Arc<PuShared>, handle: &Weak<SessionInner>, ev: Event) {
         } => {
             let cb = shared.callbacks.lock().data.clone();
             if let (Some(cb), Some(inner)) = (cb, handle.upgrade()) {
+                deliver(shared, batch);
                 let s = Session { inner };
                 let m = Message {
                     ppid,
@@ -1030,7 +1127,7 @@ fn dispatch_pu(shared: &Arc<PuShared>, handle: &Weak<SessionInner>, ev: Event) {
                 };
                 guarded("data", || (cb.lock())(&s, m));
             } else {
-                shared.notify(Notification::Data {
+                batch.push(Notification::Data {
                     ppid,
                     bytes,
                     stream,
@@ -1040,15 +1137,16 @@ fn dispatch_pu(shared: &Arc<PuShared>, handle: &Weak<SessionInner>, ev: Event) {
         Event::Failover { from, to, resent } => {
             let cb = shared.callbacks.lock().failover.clone();
             if let (Some(cb), Some(inner)) = (cb, handle.upgrade()) {
+                deliver(shared, batch);
                 let s = Session { inner };
                 let info = FailoverInfo { from, to, resent };
                 guarded("fail-over", || (cb.lock())(&s, &info));
             } else {
-                shared.notify(Notification::Failover { from, to, resent });
+                batch.push(Notification::Failover { from, to, resent });
             }
         }
-        Event::PeerFailed { pe } => shared.notify(Notification::PeerFailed { pe }),
-        Event::Failed(e) => shared.notify(Notification::Failed(e)),
-        Event::Acked { seq } => shared.notify(Notification::Acked { seq }),
+        Event::PeerFailed { pe } => batch.push(Notification::PeerFailed { pe }),
+        Event::Failed(e) => batch.push(Notification::Failed(e)),
+        Event::Acked { seq } => batch.push(Notification::Acked { seq }),
     }
 }

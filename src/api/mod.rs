@@ -481,6 +481,9 @@ impl Context {
             connect_timeout: ccfg.t5_server_hunt.max(Duration::from_millis(100)),
             heartbeat_interval: config.heartbeat_interval,
             heartbeat_max_missed: config.heartbeat_max_missed,
+            // One cumulative ACK per connection and loop turn: sessions count
+            // acknowledgements by TSN, and the registrar's ASAP ignores them.
+            coalesce_acks: true,
             ..RuntimeConfig::default()
         };
         let origin = Instant::now();

@@ -200,11 +200,6 @@ impl PuShared {
             self.lp.submit(Work::PumpPu(self.id));
         }
     }
-
-    pub(crate) fn notify(&self, n: Notification) {
-        self.state.lock().push(n);
-        self.cv.notify_all();
-    }
 }
 
 /// The handle the application holds; the last one dropped closes the session

@@ -85,14 +85,6 @@ impl Transport {
         }
     }
 
-    /// Unsent output bytes.
-    pub(crate) fn backlog(&self) -> usize {
-        match self {
-            Transport::Tcp(t) => t.backlog(),
-            Transport::Sctp(s) => s.backlog,
-        }
-    }
-
     /// Queue one message with its stream and unordered flag; fails when it
     /// can't be framed or the backlog bound is hit.
     pub(crate) fn queue_data(
@@ -135,6 +127,22 @@ impl Transport {
     }
 
     /// Write queued output until done or WouldBlock; the remaining backlog.
+    /// Unsent output bytes.
+    pub(crate) fn backlog(&self) -> usize {
+        match self {
+            Transport::Tcp(t) => t.backlog(),
+            Transport::Sctp(s) => s.backlog,
+        }
+    }
+
+    /// Output waiting to be written: bytes, or coalesced ACKs.
+    pub(crate) fn needs_flush(&self) -> bool {
+        match self {
+            Transport::Tcp(t) => t.backlog() > 0 || t.acks_owed > 0,
+            Transport::Sctp(s) => s.backlog > 0,
+        }
+    }
+
     pub(crate) fn flush(&mut self) -> io::Result<usize> {
         match self {
             Transport::Tcp(t) => t.flush(),
@@ -324,6 +332,12 @@ pub(crate) struct TcpMapConn {
     /// Manual-ack mode: TSNs of the DATA chunks delivered and not yet
     /// acknowledged, oldest first.
     unacked: VecDeque<Option<u32>>,
+    /// [`RuntimeConfig::coalesce_acks`]: ACKs owed, written by `flush`.
+    coalesce: bool,
+    acks_owed: u32,
+    /// The TSN the owed ACKs acknowledge up to (`None`: the peer wants no
+    /// TSN in ACKs; then one chunk per owed ACK).
+    ack_cum: Option<u32>,
     /// When we last received anything, or last sent a HEARTBEAT.
     idle_since: Time,
     /// HEARTBEATs sent since we last heard from the peer.
@@ -347,6 +361,9 @@ impl TcpMapConn {
             ssn: vec![0],
             manual_ack: false,
             unacked: VecDeque::new(),
+            coalesce: cfg.coalesce_acks,
+            acks_owed: 0,
+            ack_cum: None,
             idle_since: now,
             hb_missed: 0,
             flags: IoFlags {
@@ -497,7 +514,27 @@ impl TcpMapConn {
     /// the peer's INIT asked for none (flag T).
     fn push_ack(&mut self, tsn: Option<u32>) {
         let omit = self.dec.peer_init().is_some_and(|f| f.no_tsn());
-        push_ack(&mut self.out, if omit { None } else { tsn });
+        let tsn = if omit { None } else { tsn };
+        if self.coalesce {
+            self.acks_owed += 1;
+            self.ack_cum = tsn;
+        } else {
+            push_ack(&mut self.out, tsn);
+        }
+    }
+
+    /// The owed ACKs into the output: one cumulative chunk (or, without
+    /// TSNs, one chunk each).
+    fn emit_acks(&mut self) {
+        let n = std::mem::take(&mut self.acks_owed);
+        match self.ack_cum.take() {
+            Some(t) if n > 0 => push_ack(&mut self.out, Some(t)),
+            _ => {
+                for _ in 0..n {
+                    push_ack(&mut self.out, None);
+                }
+            }
+        }
     }
 
     /// Manual-ack mode: acknowledge the oldest delivered DATA chunk not yet
@@ -536,6 +573,7 @@ impl TcpMapConn {
 
     /// Write queued output until done or WouldBlock. Returns the remaining backlog.
     pub(crate) fn flush(&mut self) -> io::Result<usize> {
+        self.emit_acks();
         while self.out_pos < self.out.len() {
             match self.stream.write(&self.out[self.out_pos..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

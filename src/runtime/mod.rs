@@ -20,7 +20,10 @@
 //! ENRP need. A connection in manual-ack mode ([`Action::ManualAck`], or a
 //! dynamic listener's choice) leaves that to the driver ([`Action::Ack`]),
 //! so an application can acknowledge a message only once it is done with
-//! it; ACK chunks received go to [`Driver::on_ack`]. SCTP has no ACK
+//! it; ACK chunks received go to [`Driver::on_ack`]. With
+//! [`RuntimeConfig::coalesce_acks`] the ACKs owed on a connection go out as
+//! one chunk with the cumulative TSN when its output is next written (once
+//! per loop turn) rather than one chunk each. SCTP has no ACK
 //! chunks: there a message counts as acknowledged once the kernel accepted
 //! it from the loop's send queue (`on_ack` with `None`), and `Action::Ack`
 //! does nothing.
@@ -33,6 +36,7 @@
 //! runs on the loop thread.
 
 mod conn;
+pub(crate) mod idmap;
 mod reactor;
 pub mod sctp;
 mod slab;
@@ -195,6 +199,19 @@ pub enum Action {
         /// The message.
         msg: Vec<u8>,
     },
+    /// Several messages for one connection, packed: each goes out as with
+    /// [`Action::SendData`], in order. The payloads lie back to back in
+    /// `bytes`; `msgs` gives each one's header fields and length (their sum
+    /// must be `bytes.len()`; a batch that does not add up is dropped). One
+    /// buffer per batch instead of one per message.
+    SendBatch {
+        /// The connection.
+        conn: ConnId,
+        /// Each message's header fields and length, in order.
+        msgs: Vec<(DataInfo, usize)>,
+        /// The payloads.
+        bytes: Vec<u8>,
+    },
     /// Switch the connection to manual acknowledgement (`true`): the loop no
     /// longer sends a TCP mapping ACK chunk for each DATA chunk it delivers;
     /// the driver sends them with [`Action::Ack`]. `false` returns to
@@ -312,6 +329,15 @@ pub struct RuntimeConfig {
     /// Kernel SCTP association parameters (heartbeat, RTO) for every SCTP
     /// socket the loop opens or accepts.
     pub sctp: SctpParams,
+    /// TCP mapping: send the ACKs owed on a connection as one ACK chunk
+    /// carrying the cumulative TSN when its output is next written (once per
+    /// loop turn), instead of one ACK chunk per DATA chunk (digest §10.4's
+    /// letter). A cumulative TSN acknowledges every chunk up to it, so a
+    /// peer that keeps copies until acknowledged (our sessions) loses
+    /// nothing; an ACK never goes out earlier than it would have. Where the
+    /// peer's INIT asked for ACKs without TSN, one chunk per DATA chunk is
+    /// still sent. Off by default; the API's contexts turn it on.
+    pub coalesce_acks: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -328,6 +354,7 @@ impl Default for RuntimeConfig {
             announce_ttl: 1,
             connect_timeout: Duration::from_secs(10),
             sctp: SctpParams::default(),
+            coalesce_acks: false,
         }
     }
 }

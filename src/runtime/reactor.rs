@@ -1,6 +1,5 @@
 //! The mio event loop that runs a [`Driver`].
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -13,6 +12,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use std::os::fd::AsRawFd;
 
 use super::conn::{ReadOutcome, SctpConn, TcpMapConn, Transport};
+use super::idmap::IdMap;
 use super::sctp::SctpSocket;
 use super::slab::Slab;
 use super::url::{EndpointUrl, Proto};
@@ -25,6 +25,9 @@ use crate::time::Time;
 const WAKER: Token = Token(usize::MAX);
 /// Accepts per listener per wakeup before other sockets get a turn.
 const ACCEPT_BUDGET: usize = 256;
+/// Output bytes queued on a connection during one batch of actions beyond
+/// which the loop writes them at once instead of at the end of the turn.
+const EAGER_FLUSH: usize = 64 << 10;
 
 /// A closure run on the driver, on the loop thread.
 pub(crate) type DriverCall<D> = Box<dyn FnOnce(&mut D, Time) + Send>;
@@ -189,9 +192,9 @@ pub struct EventLoop<D: Driver> {
     failed_connects: Vec<ConnId>,
     listeners: Vec<(Proto, SocketAddr)>,
     /// Slots of the connections opened under driver-chosen ids.
-    aliases: HashMap<ConnId, (usize, u32)>,
+    aliases: IdMap<ConnId, (usize, u32)>,
     /// Slots of the dynamic listeners.
-    dynamic: HashMap<ListenerId, usize>,
+    dynamic: IdMap<ListenerId, usize>,
     /// Answers to `Action::Listen`, reported after the current action.
     listen_results: Vec<(ListenerId, ListenResult)>,
     /// SCTP connections whose messages the kernel accepted (each one an
@@ -260,8 +263,8 @@ impl<D: Driver> EventLoop<D> {
             to_close: Vec::new(),
             failed_connects: Vec::new(),
             listeners,
-            aliases: HashMap::new(),
-            dynamic: HashMap::new(),
+            aliases: IdMap::default(),
+            dynamic: IdMap::default(),
             listen_results: Vec::new(),
             kernel_acks: Vec::new(),
             announce,
@@ -700,7 +703,7 @@ impl<D: Driver> EventLoop<D> {
                     return; // resumed by flush_one when the backlog drains
                 }
                 let o = t.read_burst(id, &mut self.driver, cfg, now);
-                if !t.flags().dirty && t.backlog() > 0 {
+                if !t.flags().dirty && t.needs_flush() {
                     t.flags().dirty = true;
                     self.dirty.push(id);
                 }
@@ -773,6 +776,23 @@ impl<D: Driver> EventLoop<D> {
                 unordered,
                 msg,
             } => self.send(conn, ppid, stream, unordered, &msg),
+            Action::SendBatch { conn, msgs, bytes } => {
+                if msgs.iter().map(|(_, n)| n).sum::<usize>() != bytes.len() {
+                    log("SendBatch: lengths do not add up; dropped");
+                    return;
+                }
+                let mut at = 0;
+                for (info, n) in msgs {
+                    self.send(
+                        conn,
+                        info.ppid,
+                        info.stream,
+                        info.unordered,
+                        &bytes[at..at + n],
+                    );
+                    at += n;
+                }
+            }
             Action::ManualAck { conn, on } => {
                 if let Some(c) = self.conn_mut(conn) {
                     c.transport.set_manual_ack(on);
@@ -827,12 +847,18 @@ impl<D: Driver> EventLoop<D> {
         let res = t.queue_data(ppid, stream, unordered, msg, max);
         let newly_dirty = !t.flags().dirty;
         t.flags().dirty = true;
+        // A long batch of sends: write what is there now rather than growing
+        // the buffer through the whole batch (the peer starts sooner, and the
+        // buffer stays small and warm). Not while the socket is full.
+        let eager = t.backlog() >= EAGER_FLUSH && !t.flags().want_write;
         if newly_dirty {
             self.dirty.push(conn);
         }
         if let Err(reason) = res {
             self.stats.overflow_closes += 1;
             self.to_close.push((conn, reason));
+        } else if eager {
+            self.flush_one(conn);
         }
     }
 

@@ -81,8 +81,10 @@
 #![forbid(unsafe_code)]
 
 mod pe;
+mod pool;
 
 pub use pe::{PeEvent, PeOutput, PeSession, PeStats, SessionAcceptor};
+use pool::BufPool;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
@@ -244,6 +246,26 @@ impl fmt::Display for SessionError {
 }
 
 impl std::error::Error for SessionError {}
+
+/// An application message going out, lent to the sink of
+/// [`Session::poll_output_with`] instead of an owned [`Output::Send`] copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendRef<'a> {
+    /// The connection (the session's current one).
+    pub conn: ConnId,
+    /// The DATA chunk's position on the connection, as in [`Output::Send`].
+    pub tsn: u32,
+    /// The stream.
+    pub stream: u16,
+    /// Unordered delivery.
+    pub unordered: bool,
+    /// The payload protocol identifier.
+    pub ppid: u32,
+    /// The message's sequence number.
+    pub seq: u64,
+    /// The message.
+    pub bytes: &'a [u8],
+}
 
 /// Something for the runtime to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -467,6 +489,8 @@ pub struct Session {
     out: VecDeque<Output>,
     events: VecDeque<Event>,
     stats: SessionStats,
+    /// Buffers of acknowledged messages, reused by `send`.
+    bufs: BufPool,
 }
 
 fn pe_addr(pe: &PoolElement) -> Option<SocketAddr> {
@@ -528,6 +552,7 @@ impl Session {
             out: VecDeque::new(),
             events: VecDeque::new(),
             stats: SessionStats::default(),
+            bufs: BufPool::default(),
         }
     }
 
@@ -601,6 +626,29 @@ impl Session {
     }
 
     // ------------------------------------------------------------ poll
+
+    /// [`Session::poll_output`] for a runtime that copies application
+    /// messages straight into its output: the queued messages are lent to
+    /// `sink` (at least one, then more while their bytes stay within
+    /// `max_bytes`) instead of being handed out as [`Output::Send`] copies;
+    /// the session keeps its own copy (upper-layer acks) or drops it, as
+    /// with `poll_output`. Other outputs come back as usual, and the
+    /// messages only once none of those is waiting, so the order is the
+    /// same. Loop while it returns `Some` or `sink` was called.
+    pub fn poll_output_with(
+        &mut self,
+        max_bytes: usize,
+        sink: &mut dyn FnMut(SendRef<'_>),
+    ) -> Option<Output> {
+        if !self.callback_pending {
+            self.callback_open = false;
+            self.resume_pos = 0;
+            if self.out.is_empty() {
+                self.flush_with(max_bytes, sink);
+            }
+        }
+        self.out.pop_front()
+    }
 
     /// The next thing for the runtime to do.
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -834,6 +882,7 @@ impl Session {
                     if self.config.ack_events {
                         self.events.push_back(Event::Acked { seq: m.seq });
                     }
+                    self.bufs.give(m.bytes);
                 }
                 Some((_, Sent::Dropped(len))) => {
                     self.unacked -= 1;
@@ -874,7 +923,7 @@ impl Session {
         let m = Msg {
             seq,
             ppid,
-            bytes: bytes.to_vec(),
+            bytes: self.bufs.copy_of(bytes),
             opts,
             sent_before: false,
         };
@@ -1022,6 +1071,54 @@ impl Session {
         self.now = self.now.max(now);
     }
 
+    /// Like `flush`, lending the messages to `sink` instead of queuing
+    /// [`Output::Send`] copies.
+    fn flush_with(&mut self, max_bytes: usize, sink: &mut dyn FnMut(SendRef<'_>)) {
+        let Phase::Up {
+            conn,
+            next_tsn,
+            inflight,
+            ..
+        } = &mut self.phase
+        else {
+            return;
+        };
+        let mut taken = 0usize;
+        while let Some(mut m) = self.queue.pop_front() {
+            let tsn = *next_tsn;
+            *next_tsn = tsn.wrapping_add(1);
+            self.stats.sent += 1;
+            if m.sent_before {
+                self.stats.resent += 1;
+            }
+            m.sent_before = true;
+            sink(SendRef {
+                conn: *conn,
+                tsn,
+                stream: m.opts.stream,
+                unordered: m.opts.unordered,
+                ppid: m.ppid,
+                seq: m.seq,
+                bytes: &m.bytes,
+            });
+            taken += m.bytes.len();
+            self.unacked += 1;
+            if self.config.upper_layer_acks {
+                inflight.push_back((tsn, Sent::Kept(m)));
+            } else {
+                inflight.push_back((tsn, Sent::Dropped(m.bytes.len())));
+                self.bufs.give(m.bytes);
+            }
+            if self
+                .queue
+                .front()
+                .is_none_or(|n| taken + n.bytes.len() > max_bytes)
+            {
+                break;
+            }
+        }
+    }
+
     fn flush(&mut self) {
         let Phase::Up {
             conn,
@@ -1054,6 +1151,7 @@ impl Session {
                 inflight.push_back((tsn, Sent::Kept(m)));
             } else {
                 inflight.push_back((tsn, Sent::Dropped(m.bytes.len())));
+                self.bufs.give(m.bytes);
             }
         }
     }

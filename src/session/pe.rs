@@ -32,6 +32,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use super::pool::BufPool;
 use super::{ConnId, SendError, MAX_MESSAGE_LEN, PPID_ASAP};
 use crate::wire::{AsapMessage, PoolElement, PoolHandle};
 
@@ -119,6 +120,8 @@ pub struct PeSession {
     in_flight: VecDeque<(u32, usize)>,
     in_flight_bytes: usize,
     stats: PeStats,
+    /// Buffers of sent messages the runtime gave back ([`PeSession::recycle`]).
+    bufs: BufPool,
 }
 
 impl PeSession {
@@ -134,6 +137,7 @@ impl PeSession {
             in_flight: VecDeque::new(),
             in_flight_bytes: 0,
             stats: PeStats::default(),
+            bufs: BufPool::default(),
         }
     }
 
@@ -326,15 +330,23 @@ impl PeSession {
             return Err(SendError::TooLarge);
         }
         self.sent(bytes.len());
+        let bytes = self.bufs.copy_of(bytes);
         self.out.push_back(PeOutput::Send {
             conn: self.conn,
             ppid,
-            bytes: bytes.to_vec(),
+            bytes,
             stream,
             unordered,
         });
         self.ack();
         Ok(())
+    }
+
+    /// Give back the buffer of a [`PeOutput::Send`] once its bytes are
+    /// copied out, for the next send to reuse (optional: saves an
+    /// allocation per message on a busy session).
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.bufs.give(buf);
     }
 
     /// The next thing for the runtime to do.

@@ -850,7 +850,9 @@ pub struct ChunkDecoder {
     peer: Option<InitFlags>,
     check_sequence: bool,
     next_tsn: u32,
-    next_ssn: HashMap<u16, u16>,
+    /// The next SSN of each stream, indexed by stream (grown on demand, at
+    /// most 64 Ki entries): a lookup per DATA chunk, so no hashing.
+    next_ssn: Vec<u16>,
     failed: Option<DecodeError>,
 }
 
@@ -877,7 +879,7 @@ impl ChunkDecoder {
             peer: None,
             check_sequence: true,
             next_tsn: 0,
-            next_ssn: HashMap::new(),
+            next_ssn: vec![0],
             failed: None,
         }
     }
@@ -1027,7 +1029,7 @@ impl ChunkDecoder {
         peer: Option<InitFlags>,
         check_sequence: bool,
         next_tsn: &mut u32,
-        next_ssn: &mut HashMap<u16, u16>,
+        next_ssn: &mut Vec<u16>,
     ) -> Result<Option<(ChunkRef<'a>, usize)>, DecodeErrorKind> {
         // The INIT-first rule needs only the type byte: fail as early as possible.
         match (avail.first(), peer) {
@@ -1058,7 +1060,7 @@ impl ChunkDecoder {
                 }
             }
             if let (Some((stream, ssn)), false) = (d.stream, d.unordered) {
-                let expected = next_ssn.get(&stream).copied().unwrap_or(0);
+                let expected = next_ssn.get(usize::from(stream)).copied().unwrap_or(0);
                 if ssn != expected {
                     return Err(DecodeErrorKind::SsnMismatch {
                         stream,
@@ -1066,7 +1068,11 @@ impl ChunkDecoder {
                         got: ssn,
                     });
                 }
-                next_ssn.insert(stream, expected.wrapping_add(1));
+                let i = usize::from(stream);
+                if i >= next_ssn.len() {
+                    next_ssn.resize(i + 1, 0);
+                }
+                next_ssn[i] = expected.wrapping_add(1);
             }
             // The TSN counts every DATA chunk, also when the peer omits it.
             *next_tsn = next_tsn.wrapping_add(1);

@@ -411,18 +411,25 @@ pub fn throughput(a: ThroughputBenchArgs) -> i32 {
         if a.runs == 1 { "" } else { "s" }
     );
     let (mut tcp, mut sess) = (Vec::new(), Vec::new());
+    let (mut tcp_cpu, mut sess_cpu) = (Vec::new(), Vec::new());
     for _ in 0..a.runs {
+        let c0 = process_cpu_split();
         match plain_tcp(a.size, a.count) {
             Ok(d) => tcp.push(d),
             Err(e) => return fail(format!("plain TCP: {e}")),
         }
         report("plain TCP", a.count, a.size, tcp[tcp.len() - 1]);
+        tcp_cpu.push(report_cpu(a.count, c0));
+        let c0 = process_cpu_split();
         match session_echo(a.size, a.count, !a.no_acks) {
             Ok(d) => sess.push(d),
             Err(e) => return fail(format!("session: {e}")),
         }
         report("session", a.count, a.size, sess[sess.len() - 1]);
+        sess_cpu.push(report_cpu(a.count, c0));
     }
+    tcp_cpu.sort();
+    sess_cpu.sort();
     tcp.sort();
     sess.sort();
     let (t, s) = (tcp[tcp.len() / 2], sess[sess.len() / 2]);
@@ -430,6 +437,11 @@ pub fn throughput(a: ThroughputBenchArgs) -> i32 {
         println!("median:");
         report("plain TCP", a.count, a.size, t);
         report("session", a.count, a.size, s);
+        println!(
+            "CPU (all threads of this process, median): plain TCP {:.2} us/msg, session {:.2} us/msg",
+            per_msg_us(tcp_cpu[tcp_cpu.len() / 2], a.count),
+            per_msg_us(sess_cpu[sess_cpu.len() / 2], a.count)
+        );
         println!("best (least disturbed by other load):");
         report("plain TCP", a.count, a.size, tcp[0]);
         report("session", a.count, a.size, sess[0]);
@@ -454,6 +466,41 @@ fn report(what: &str, count: u64, size: usize, d: Duration) {
         count as f64 / secs,
         count as f64 * size as f64 / secs / 1e6
     );
+}
+
+/// CPU time of all this process's threads so far: (user, system).
+fn process_cpu_split() -> (Duration, Duration) {
+    // SAFETY: getrusage(2) fills the zeroed struct we own; on failure it
+    // stays zero.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    (tv(ru.ru_utime), tv(ru.ru_stime))
+}
+
+fn per_msg_us(cpu: Duration, count: u64) -> f64 {
+    cpu.as_secs_f64() * 1e6 / count as f64
+}
+
+/// Print the CPU time used since `since` (all threads: user + system) and
+/// return it.
+fn report_cpu(count: u64, since: (Duration, Duration)) -> Duration {
+    let (u, s) = process_cpu_split();
+    let (u, s) = (u.saturating_sub(since.0), s.saturating_sub(since.1));
+    println!(
+        "{:<10} CPU {:.3} s ({:.3} user, {:.3} system), {:.2} us/msg",
+        "",
+        (u + s).as_secs_f64(),
+        u.as_secs_f64(),
+        s.as_secs_f64(),
+        per_msg_us(u + s, count)
+    );
+    u + s
 }
 
 /// Echo `count` messages of `size` bytes through a plain TCP connection: a
