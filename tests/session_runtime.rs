@@ -1219,3 +1219,79 @@ fn context_dropped_inside_its_own_callback() {
     drop(pe_ctx);
     let _ = server.join();
 }
+
+/// A PE streaming to a pool user that does not receive: the pool user holds
+/// at most about RECV_QUEUE_BOUND (the library stops reading the connection,
+/// so the PE's in-flight bytes stop being acknowledged and its flow control
+/// stalls it); once the application reads, everything arrives, in order, on
+/// the same PE, with no fail-over.
+#[test]
+fn a_pool_user_that_does_not_read_stalls_the_pe_instead_of_growing() {
+    use rserpool::api::RECV_QUEUE_BOUND;
+    const MSG: usize = 60_000;
+    let total = 4 * RECV_QUEUE_BOUND / MSG + 1; // ~4x the bound
+    let reg = registrar();
+    let pe_ctx = Context::new(config(&reg)).unwrap();
+    let server = listen(&pe_ctx, "flood");
+    let sent = Arc::new(AtomicU32::new(0));
+    let t = {
+        let sent = sent.clone();
+        std::thread::spawn(move || {
+            let s = server.accept(Some(T)).unwrap();
+            let mut msg = vec![0u8; MSG];
+            for i in 0..total {
+                // Flow control of a well-behaved streaming PE.
+                s.wait_in_flight(2 << 20, Some(Duration::from_secs(60)))
+                    .unwrap();
+                msg[..4].copy_from_slice(&(i as u32).to_be_bytes());
+                s.send(&msg, 99).unwrap();
+                sent.fetch_add(1, Ordering::SeqCst);
+            }
+            // Until the pool user closes.
+            while !matches!(s.recv(Some(T)), Ok(PeNotification::Closed) | Err(_)) {}
+            server
+        })
+    };
+    let pu = Context::new(config(&reg)).unwrap();
+    let s = pu.open_session(b"flood", wait_connected()).unwrap();
+    let pe = s.current_pe().unwrap().pe_id;
+    // Not reading: the PE gets stuck well before the end.
+    let mut last = u32::MAX;
+    let deadline = Instant::now() + T;
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = sent.load(Ordering::SeqCst);
+        if now == last {
+            break; // stalled
+        }
+        assert!(Instant::now() < deadline, "the PE never stalled");
+        last = now;
+    }
+    let held = s.queued_bytes();
+    assert!(
+        held <= RECV_QUEUE_BOUND + (1 << 20),
+        "the pool user holds {held} bytes"
+    );
+    assert!(held >= RECV_QUEUE_BOUND / 2, "held only {held}");
+    assert!(
+        (last as usize) < total,
+        "the PE sent everything ({last}) to a pool user that did not read"
+    );
+    // Reading: everything arrives in order, from the same PE.
+    let mut want = 0u32;
+    while (want as usize) < total {
+        match s.recv(Some(T)).unwrap() {
+            Notification::Connected { .. } => {}
+            Notification::Data { bytes, ppid, .. } => {
+                assert_eq!((ppid, bytes.len()), (99, MSG));
+                assert_eq!(u32::from_be_bytes(bytes[..4].try_into().unwrap()), want);
+                want += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(s.current_pe().unwrap().pe_id, pe);
+    assert_eq!(s.stats().failovers, 0);
+    s.close();
+    t.join().unwrap();
+}

@@ -29,7 +29,9 @@ use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 
 use super::pe::{PeServerShared, PeSessionHandle, PeSessionInner, PeShared, PeState};
-use super::session::{FailoverInfo, Message, Notification, PuShared, Session, SessionInner};
+use super::session::{
+    FailoverInfo, Message, Notification, PuShared, Session, SessionInner, RECV_QUEUE_BOUND,
+};
 use super::{map_err, Error, Waiters};
 use crate::asap::{Client, RequestId, ResolvedPool, Selection};
 use crate::runtime::client::ClientDriver;
@@ -340,6 +342,9 @@ struct PuEntry {
     handle: Weak<SessionInner>,
     /// The core's connection names to the loop's.
     conns: IdMap<core::ConnId, ConnId>,
+    /// Connections of `conns` the loop was told to stop reading
+    /// ([`RECV_QUEUE_BOUND`]).
+    paused: Vec<ConnId>,
     /// In `Hub::dirty_pu`: to be pumped once the loop's current batch of
     /// input is in.
     dirty: bool,
@@ -432,6 +437,7 @@ impl Hub {
                         shared,
                         handle,
                         conns: IdMap::default(),
+                        paused: Vec::new(),
                         dirty: false,
                     },
                 );
@@ -468,6 +474,38 @@ impl Hub {
     /// Drive a session: its outputs to the client and the loop, its events
     /// to the application, until it has nothing more to say; then its timer,
     /// a graceful close, or its end.
+    /// Receive flow control of a pool user session: stop reading its
+    /// connections while the application holds more than
+    /// [`RECV_QUEUE_BOUND`] bytes of messages, read again once it took it
+    /// below half (its receive then asks for a pump).
+    fn flow_pu(&mut self, sid: u64) {
+        let Some(e) = self.pus.get_mut(&sid) else {
+            return;
+        };
+        let pause = {
+            let mut st = e.shared.state.lock();
+            let limit = if st.read_paused {
+                RECV_QUEUE_BOUND / 2
+            } else {
+                RECV_QUEUE_BOUND
+            };
+            st.read_paused = st.queued_bytes > limit;
+            st.read_paused
+        };
+        let live: Vec<ConnId> = e.conns.values().copied().collect();
+        e.paused.retain(|id| live.contains(id));
+        for id in live {
+            let was = e.paused.contains(&id);
+            if pause && !was {
+                e.paused.push(id);
+                self.actions.push_back(Action::PauseRead { conn: id });
+            } else if !pause && was {
+                e.paused.retain(|p| *p != id);
+                self.actions.push_back(Action::ResumeRead { conn: id });
+            }
+        }
+    }
+
     fn pump_pu(&mut self, client: &mut Client, sid: u64, now: Time) {
         let Some(e) = self.pus.get(&sid) else {
             return;
@@ -548,6 +586,7 @@ impl Hub {
             }
             break;
         }
+        self.flow_pu(sid);
         let (state, deadline) = {
             let c = shared.core.lock();
             (c.state(), c.poll_timeout())
@@ -1094,9 +1133,8 @@ fn deliver(shared: &PuShared, batch: &mut Vec<Notification>) {
             if matches!(n, Notification::Connected { .. }) {
                 st.connected = true;
             }
-            st.queue.push_back(n);
+            st.push(n);
         }
-        st.signal.set(true);
     }
     shared.cv.notify_all();
 }

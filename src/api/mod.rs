@@ -102,7 +102,7 @@ mod session;
 pub use pe::{PeCallback, PeListenParams, PeNotification, PeServer, PeSessionHandle};
 pub use session::{
     DataCallback, FailoverCallback, FailoverInfo, Message, Notification, SendReceipt, Session,
-    SessionOptions,
+    SessionOptions, RECV_QUEUE_BOUND,
 };
 
 use std::collections::{BTreeMap, HashMap};
@@ -929,6 +929,8 @@ impl Context {
                 connected: false,
                 ended: false,
                 last_error: None,
+                queued_bytes: 0,
+                read_paused: false,
             }),
             cv: Condvar::new(),
             callbacks: Mutex::new(session::PuCallbacks {

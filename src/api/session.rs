@@ -161,18 +161,47 @@ pub(crate) struct PuState {
     pub(crate) ended: bool,
     /// Why the last selection of a PE failed (for `wait_connected`).
     pub(crate) last_error: Option<Error>,
+    /// Payload bytes of the queued messages.
+    pub(crate) queued_bytes: usize,
+    /// The loop stopped reading the session's connection because
+    /// `queued_bytes` passed [`RECV_QUEUE_BOUND`] (set by the loop thread).
+    pub(crate) read_paused: bool,
+}
+
+/// How many bytes of received messages a pool user session holds for its
+/// application before the library stops reading the PE's connection (TCP
+/// flow control then stalls the PE, whose ACK chunks stop coming); reading
+/// resumes once the application took it below half. A PE streaming to a pool
+/// user that does not receive cannot make the pool user's memory grow
+/// without bound. Messages going to a data callback do not count.
+pub const RECV_QUEUE_BOUND: usize = 8 << 20;
+
+fn data_len(n: &Notification) -> usize {
+    match n {
+        Notification::Data { bytes, .. } => bytes.len(),
+        _ => 0,
+    }
 }
 
 impl PuState {
     pub(crate) fn push(&mut self, n: Notification) {
+        self.queued_bytes += data_len(&n);
         self.queue.push_back(n);
         self.signal.set(true);
     }
 
     fn pop(&mut self) -> Option<Notification> {
         let n = self.queue.pop_front();
+        if let Some(n) = &n {
+            self.queued_bytes = self.queued_bytes.saturating_sub(data_len(n));
+        }
         self.signal.set(!self.queue.is_empty());
         n
+    }
+
+    /// Reading is held back and the application took enough to resume it.
+    fn resume_due(&self) -> bool {
+        self.read_paused && self.queued_bytes <= RECV_QUEUE_BOUND / 2
     }
 }
 
@@ -377,6 +406,10 @@ impl Session {
         let mut st = s.state.lock();
         loop {
             if let Some(n) = st.pop() {
+                if st.resume_due() {
+                    drop(st);
+                    s.request_pump();
+                }
                 return Ok(n);
             }
             if st.ended {
@@ -400,9 +433,16 @@ impl Session {
     /// The next notification if one is waiting; `Ok(None)` if not,
     /// [`Error::SessionClosed`] once [`Notification::Closed`] was received.
     pub fn try_recv(&self) -> Result<Option<Notification>, Error> {
-        let mut st = self.shared().state.lock();
+        let s = self.shared();
+        let mut st = s.state.lock();
         match st.pop() {
-            Some(n) => Ok(Some(n)),
+            Some(n) => {
+                if st.resume_due() {
+                    drop(st);
+                    s.request_pump();
+                }
+                Ok(Some(n))
+            }
             None if st.ended => Err(Error::SessionClosed),
             None => Ok(None),
         }
@@ -475,6 +515,12 @@ impl Session {
     /// Counters.
     pub fn stats(&self) -> SessionStats {
         self.shared().core.lock().stats().clone()
+    }
+
+    /// Payload bytes of received messages waiting for [`Session::recv`]
+    /// (at most about [`RECV_QUEUE_BOUND`] plus one read burst).
+    pub fn queued_bytes(&self) -> usize {
+        self.shared().state.lock().queued_bytes
     }
 
     /// Messages buffered: queued plus sent and not yet acknowledged.

@@ -1090,6 +1090,11 @@ pub unsafe extern "C" fn rserpool_data_send(
 /// Messages taken by a data indication callback do not come here. After
 /// RSERPOOL_NOTIFY_CLOSED, receives return RSERPOOL_ERR_CLOSED.
 ///
+/// A pool user session holds at most about 8 MiB of received messages:
+/// past that the library stops reading from the PE (which then stalls)
+/// until receives take it below half, so an application that does not
+/// receive bounds its memory instead of growing it.
+///
 /// Returns RSERPOOL_OK, RSERPOOL_ERR_NULL_POINTER (`session`, `out`, or
 /// `buf` with `cap` > 0), RSERPOOL_ERR_INVALID_HANDLE,
 /// RSERPOOL_ERR_BUFFER_TOO_SMALL, RSERPOOL_ERR_WOULD_BLOCK,

@@ -50,6 +50,8 @@ pub(crate) struct IoFlags {
     pub(crate) dirty: bool,
     /// Reading stopped because the output backlog is above half the bound.
     pub(crate) read_paused: bool,
+    /// Reading stopped by the driver ([`Action::PauseRead`](super::Action::PauseRead)).
+    pub(crate) app_paused: bool,
 }
 
 impl Transport {
@@ -168,6 +170,8 @@ impl Transport {
     /// kernel's (a dead association shows up as a read error).
     pub(crate) fn tick(&mut self, now: Time, cfg: &RuntimeConfig) -> Result<bool, String> {
         match self {
+            // Answers cannot be read while the driver holds reading back.
+            Transport::Tcp(t) if t.flags.app_paused => Ok(false),
             Transport::Tcp(t) => t.tick(now, cfg),
             Transport::Sctp(_) => Ok(false),
         }
@@ -370,6 +374,7 @@ impl TcpMapConn {
                 want_write: false,
                 dirty: true,
                 read_paused: false,
+                app_paused: false,
             },
         }
     }

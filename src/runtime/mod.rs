@@ -232,6 +232,21 @@ pub enum Action {
         /// The connection.
         conn: ConnId,
     },
+    /// Stop reading from the connection (flow control: the driver's
+    /// consumer holds too much): received bytes stay in the kernel, so the
+    /// peer's sends stall once the socket buffers fill. While paused the
+    /// loop neither sends TCP mapping heartbeats on it nor gives up on the
+    /// peer for missing answers (which it could not read). Until
+    /// [`Action::ResumeRead`]; a no-op on an unknown connection.
+    PauseRead {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Read from a connection paused by [`Action::PauseRead`] again.
+    ResumeRead {
+        /// The connection.
+        conn: ConnId,
+    },
     /// Open a listener at run time; the loop answers with
     /// [`Driver::on_listen`] (the bound addresses, the kernel's port when the
     /// URL says 0, or the error). Connections it accepts carry

@@ -699,8 +699,10 @@ impl<D: Driver> EventLoop<D> {
         let outcome = match self.entries.get_gen_mut(idx, gen) {
             Some(Entry::Conn(c)) if c.connecting.is_none() => {
                 let t = &mut c.transport;
-                if t.flags().read_paused {
-                    return; // resumed by flush_one when the backlog drains
+                if t.flags().read_paused || t.flags().app_paused {
+                    // Resumed by flush_one when the backlog drains, or by
+                    // Action::ResumeRead.
+                    return;
                 }
                 let o = t.read_burst(id, &mut self.driver, cfg, now);
                 if !t.flags().dirty && t.needs_flush() {
@@ -715,7 +717,8 @@ impl<D: Driver> EventLoop<D> {
             ReadOutcome::Drained => {}
             ReadOutcome::Yielded => {
                 if let Some(Entry::Conn(c)) = self.entries.get_mut(idx) {
-                    if !c.transport.flags().read_paused {
+                    let f = c.transport.flags();
+                    if !f.read_paused && !f.app_paused {
                         self.ready.push((idx, gen));
                     }
                 }
@@ -806,6 +809,25 @@ impl<D: Driver> EventLoop<D> {
                 if t.ack() && !t.flags().dirty {
                     t.flags().dirty = true;
                     self.dirty.push(conn);
+                }
+            }
+            Action::PauseRead { conn } => {
+                if let Some(c) = self.conn_mut(conn) {
+                    c.transport.flags().app_paused = true;
+                }
+            }
+            Action::ResumeRead { conn } => {
+                let Some((idx, gen)) = self.slot(conn) else {
+                    return;
+                };
+                if let Some(Entry::Conn(c)) = self.entries.get_gen_mut(idx, gen) {
+                    let f = c.transport.flags();
+                    if f.app_paused {
+                        f.app_paused = false;
+                        // Bytes may have arrived meanwhile without a new
+                        // readiness event: read on the next turn.
+                        self.ready.push((idx, gen));
+                    }
                 }
             }
             Action::Listen {
