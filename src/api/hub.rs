@@ -492,15 +492,18 @@ impl Hub {
             st.read_paused = st.queued_bytes > limit;
             st.read_paused
         };
-        let live: Vec<ConnId> = e.conns.values().copied().collect();
-        e.paused.retain(|id| live.contains(id));
-        for id in live {
-            let was = e.paused.contains(&id);
+        let PuEntry { conns, paused, .. } = e;
+        if !pause && paused.is_empty() {
+            return; // the common case: nothing held back
+        }
+        paused.retain(|id| conns.values().any(|c| c == id));
+        for &id in conns.values() {
+            let was = paused.contains(&id);
             if pause && !was {
-                e.paused.push(id);
+                paused.push(id);
                 self.actions.push_back(Action::PauseRead { conn: id });
             } else if !pause && was {
-                e.paused.retain(|p| *p != id);
+                paused.retain(|p| *p != id);
                 self.actions.push_back(Action::ResumeRead { conn: id });
             }
         }
