@@ -16,7 +16,10 @@
 #      - R3, a second registrar of ours, mentor: RSP;
 #      - RSP2, a second `rspregistrar`, naming R1 as its peer;
 #      - RSPLIB's `rspserver -echo`: PE1 (EchoPool) registers at R1, PE2
-#        (RspPool) at RSP
+#        (RspPool) at RSP;
+#      - our `rserpool pe --service echo` (OurEcho) at RSP, two RSPLIB
+#        `rspserver -pingpong` (PingPool) at RSP;
+#      - R6, our registrar on sctp://IPv4,[IPv6]:3863
 #   3. meanwhile the Rust SCTP tests (test binaries built on the host, filter
 #      "sctp", on loopback outside the namespace): RSPLIB's programs need tens
 #      of seconds just to start in the emulated guest
@@ -27,15 +30,25 @@
 #      home; RSP2 has both from us
 #   6. RSPLIB's `rspterminal` gets its echo through R1 from PE1, through RSP
 #      from PE1 (registered at R1) and through R1 from PE2 (registered at RSP)
-#   7. SIGKILL to RSP: R1 takes PE2 over (RSP2 and R3 ack; RSP2 applies our
+#   7. our PE is registered at RSP (its transport as we listen); rspterminal
+#      through RSP gets its echo from it
+#   8. our `rserpool pu --pingpong` through RSP: two pings, SIGKILL to the
+#      rspserver that answered, two more; the PU fails over echoing the latest
+#      cookie, and the other rspserver goes on with its reply numbers (3, 4)
+#   9. R6 resolves, over IPv6 and over IPv4, a PE on IPv4+IPv6 and a PE on two
+#      IPv6 addresses, each with every address; our PU gets its echo
+#  10. SIGKILL to RSP: R1 takes PE2 over (RSP2 and R3 ack; RSP2 applies our
 #      TAKEOVER_SERVER); PE2 adopts R1 on the H=1 keep-alive and keeps
 #      answering R1's keep-alives; R1, R3 and RSP2 resolve it with R1 as home
-#   8. SIGKILL to R1: RSP2 takes both PEs over (R3 acks, and follows without a
+#  11. SIGKILL to R1: RSP2 takes both PEs over (R3 acks, and follows without a
 #      takeover of its own although RSPLIB's TAKEOVER_SERVER never comes); the
 #      PEs answer RSP2's keep-alives; rspterminal gets its echo through RSP2
-#   9. all of it is captured (dumpcap, in the namespace) to $OUT/cap.pcap;
+#  12. all of it is captured (dumpcap, in the namespace) to $OUT/cap.pcap;
 #      tests/interop/check-capture.sh then checks with tshark that ASAP and
-#      every ENRP message type but ENRP_ERROR is there, that there is no
+#      every ENRP message type but ENRP_ERROR is there, that every exchange
+#      of tests/interop/capture-expect.txt is (keep-alives between RSP and our
+#      PE, our PU's cookie echo, RSPLIB's cookies, ping-pong DATA on PPID 33,
+#      ASAP over IPv6), that there is no
 #      malformed packet and no ASAP/ENRP expert warning. tshark needs over a
 #      minute just to start in the emulated guest, so by default that check
 #      runs on the host after the VM ends (the Rust wrapper does it);
@@ -51,8 +64,8 @@
 # so R3 would take R1 over rather than RSP2. See docs/sctp.md.
 #
 # Network: everything runs in a network namespace this script creates, on a
-# dummy interface carrying 10.77.0.1-10.77.0.6 (RSPLIB refuses loopback-only
-# PEs); no traffic leaves the namespace.
+# dummy interface carrying 10.77.0.1-10.77.0.11 and fd77::10-fd77::13
+# (RSPLIB refuses loopback-only PEs); no traffic leaves the namespace.
 set -uo pipefail
 
 BIN=${RSERPOOL_BIN:-target/debug/rserpool}
@@ -64,6 +77,15 @@ A3=10.77.0.3 # rspregistrar
 A4=10.77.0.4 # R3
 A5=10.77.0.5 # RSPLIB's second PE
 A6=10.77.0.6 # the second rspregistrar
+A7=10.77.0.7 # our PE, registered at RSP
+A8=10.77.0.8 # RSPLIB's ping-pong PEs (at RSP)
+A9=10.77.0.9
+A10=10.77.0.10 # R6, our mixed IPv4/IPv6 registrar (with B10)
+A11=10.77.0.11 # our mixed-family PE (with B11)
+B10=fd77::10
+B11=fd77::11
+B12=fd77::12 # our IPv6-only multi-homed PE (with B13)
+B13=fd77::13
 R1_ID=0x5eed0001
 R3_ID=0x5eed0003
 RSP_ID=0x7e570002
@@ -72,6 +94,7 @@ mkdir -p "$OUT"
 rm -f "$OUT"/*.log "$OUT"/cap.pcap
 failures=0
 pids=()
+declare -A pp_pid
 t0=$(date +%s)
 
 pass() { echo "PASS: $*"; }
@@ -156,7 +179,8 @@ echo "== SCTP suite in $(uname -r), $(nproc) CPUs"
 ip netns add "$NS"
 N ip link set lo up
 N ip link add dummy0 type dummy
-for a in $A1 $A2 $A3 $A4 $A5 $A6; do N ip addr add $a/24 dev dummy0; done
+for a in $A1 $A2 $A3 $A4 $A5 $A6 $A7 $A8 $A9 $A10 $A11; do N ip addr add $a/24 dev dummy0; done
+for a in $B10 $B11 $B12 $B13; do N ip -6 addr add $a/64 dev dummy0 nodad; done
 N ip link set dummy0 up
 
 # ---- 1. default endpoints -------------------------------------------------------
@@ -208,6 +232,25 @@ pids+=($!)
 "${NX[@]}" rspserver -echo -registrar=$A3:3863 -asapannounce=off -local=$A5 \
   -poolhandle=RspPool -loglevel=6 -logcolor=off >"$OUT/rspserver2.log" 2>&1 </dev/null &
 pids+=($!)
+# Our PE at RSPLIB's registrar (Registration Life in ms, as RSPLIB wants),
+# and two RSPLIB ping-pong PEs there for our PU.
+"${NX[@]}" "$BIN" pe --service echo --pool OurEcho --listen "sctp://$A7:0" --reglife-unit ms \
+  --pe-id 0x0e0e0007 \
+  --registrar "sctp://$A3:3863" >"$OUT/pe-at-rsp.log" 2>&1 </dev/null &
+pids+=($!)
+extra_pids=($!)
+for a in $A8 $A9; do
+  "${NX[@]}" rspserver -pingpong -registrar=$A3:3863 -asapannounce=off -local=$a \
+    -poolhandle=PingPool -loglevel=4 -logcolor=off >"$OUT/rspserver-pp-$a.log" 2>&1 </dev/null &
+  pids+=($!)
+  pp_pid[$a]=$!
+  extra_pids+=($!)
+done
+# R6 and two PEs of ours: multi-homed across the families.
+"${NX[@]}" "$BIN" registrar --server-id 0x5eed0006 --asap "sctp://$A10,[$B10]:3863" \
+  >"$OUT/registrar6.log" 2>&1 &
+pids+=($!)
+extra_pids+=($!)
 if wait_for "$OUT/registrar.log" "^listening asap sctp://$A1,$A2:3863\$" 30; then
   pass "registrar: $(grep '^listening asap sctp' "$OUT/registrar.log")"
 else
@@ -231,6 +274,17 @@ else
   echo "note: RSERPOOL_SCTP_TESTS unset: Rust SCTP tests not run"
 fi
 echo "   ($(elapsed))"
+
+# The PEs of step 9 (R6 is up by now): one on both families, registering over
+# IPv6; one on two IPv6 addresses, registering over IPv4.
+"${NX[@]}" "$BIN" pe --service echo --pool MixPool --listen "sctp://$A11,[$B11]:0" \
+  --registrar "sctp://[$B10]:3863" >"$OUT/pe-mix4.log" 2>&1 </dev/null &
+pids+=($!)
+extra_pids+=($!)
+"${NX[@]}" "$BIN" pe --service echo --pool MixPool --listen "sctp://[$B12],[$B13]:0" \
+  --registrar "sctp://$A10:3863" >"$OUT/pe-mix6.log" 2>&1 </dev/null &
+pids+=($!)
+extra_pids+=($!)
 
 # ---- 4. RSPLIB's PE at our registrar, our tools over SCTP -------------------------------
 pe1_registered() {
@@ -337,7 +391,130 @@ else
 fi
 echo "   ($(elapsed))"
 
-# ---- 7. RSP dies: R1 takes its PE over --------------------------------------------------
+# ---- 7. our PE at rspregistrar, reached by rspterminal -------------------------------
+ourpe_at_rsp() {
+  N "$BIN" resolve --registrar "sctp://$A3:3863" --pool OurEcho --json >"$OUT/resolve-ourecho.log" 2>&1 &&
+    grep -qE "\"transport\":\"sctp://$A7:[0-9]+\",\"home\":$((RSP_ID))," "$OUT/resolve-ourecho.log"
+}
+if until_ok 60 ourpe_at_rsp; then
+  pass "our PE registered at rspregistrar: $(grep -o '"id_hex":"[^"]*","pool":"OurEcho","transport":"[^"]*"' "$OUT/resolve-ourecho.log")"
+else
+  fail "our PE is not registered at rspregistrar"
+  show "$OUT/resolve-ourecho.log"
+  show "$OUT/pe-at-rsp.log"
+fi
+echo_through term-rsp-ourpe $A3 OurEcho &
+e5=$!
+
+# ---- 8. our PU, RSPLIB's ping-pong PEs, fail-over with the cookie -----------------------
+# Two pings, SIGKILL to the PE that answered them, two more pings: the new PE
+# must go on from the reply number in the cookie our PU echoed (3, 4), not
+# start over at 1, and must not have refused the cookie echo.
+pingpong_failover() {
+  local fifo pid id a victim="" other=""
+  fifo=$(mktemp -u)
+  mkfifo "$fifo"
+  "${NX[@]}" "$BIN" pu --registrar "sctp://$A3:3863" --reglife-unit ms --pool PingPool --pingpong \
+    --linger 3s <"$fifo" >"$OUT/pu-pingpong.out" 2>"$OUT/pu-pingpong.err" &
+  pid=$!
+  pids+=($pid)
+  exec 5>"$fifo"
+  echo "ping-one" >&5
+  echo "ping-two" >&5
+  if ! wait_for "$OUT/pu-pingpong.out" "^pong 2 reply 2: ping-two" 60; then
+    echo "    (no pong for the first pings)"
+    exec 5>&-
+    return 1
+  fi
+  id=$(grep -o 'connected to PE 0x[0-9a-f]*' "$OUT/pu-pingpong.err" | head -1 | sed 's/.*0x//')
+  for a in $A8 $A9; do
+    # its log names its PE id: "Trying to register $ID", "... ID is $ID"
+    if grep -aq "\$$id" "$OUT/rspserver-pp-$a.log"; then victim=$a; else other=$a; fi
+  done
+  if [ -z "$victim" ]; then
+    echo "    (PE $id is neither ping-pong PE)"
+    exec 5>&-
+    return 1
+  fi
+  echo "    | serving PE 0x$id ($victim) gets SIGKILL; $other should take over"
+  kill -9 "${pp_pid[$victim]}"
+  # Send on only once the PU has failed over (what a dying PE's kernel took is gone).
+  wait_for "$OUT/pu-pingpong.err" "^failover from PE 0x$id" 60
+  echo "ping-three" >&5
+  echo "ping-four" >&5
+  wait_for "$OUT/pu-pingpong.out" "^pong 4 " 60
+  exec 5>&-
+  for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  stop "$pid"
+  rm -f "$fifo"
+  sed 's/^/    | /' "$OUT/pu-pingpong.err" "$OUT/pu-pingpong.out"
+  grep -qE "^failover from PE 0x$id to PE 0x[0-9a-f]+: .*cookie of 16 bytes echoed" "$OUT/pu-pingpong.err" &&
+    grep -qx "pong 3 reply 3: ping-three" "$OUT/pu-pingpong.out" &&
+    grep -qx "pong 4 reply 4: ping-four" "$OUT/pu-pingpong.out" &&
+    ! grep -aq "bad cookie" "$OUT/rspserver-pp-$other.log"
+}
+if pingpong_failover; then
+  pass "our PU failed over between RSPLIB's ping-pong PEs; the new PE took the echoed cookie (reply numbers go on)"
+else
+  fail "our PU with rspserver -pingpong: fail-over with the cookie"
+  show "$OUT/pu-pingpong.err"
+  show "$OUT/pu-pingpong.out"
+  for a in $A8 $A9; do show "$OUT/rspserver-pp-$a.log"; done
+fi
+if wait $e5; then
+  pass "rspterminal through RSP reaches our PE: $(grep -a hello- "$OUT/term-rsp-ourpe.log" | tail -1 | tr -d '\033' | cut -c1-60)"
+else
+  fail "rspterminal through RSP to our PE"
+  show "$OUT/term-rsp-ourpe.log"
+  show "$OUT/pe-at-rsp.log"
+fi
+echo "   ($(elapsed))"
+
+# ---- 9. multi-homing across IPv4 and IPv6 ------------------------------------------------
+if grep -qx "listening asap sctp://$A10,\[$B10\]:3863" "$OUT/registrar6.log"; then
+  pass "R6: $(grep '^listening asap' "$OUT/registrar6.log")"
+else
+  fail "R6 is not on sctp://$A10,[$B10]:3863"
+  show "$OUT/registrar6.log"
+fi
+mixed_listed() {
+  local url=$1
+  N "$BIN" resolve --registrar "$url" --pool MixPool --json >"$OUT/resolve-mix.log" 2>&1 &&
+    grep -qE "\"transport\":\"sctp://$A11,\[$B11\]:[0-9]+\"" "$OUT/resolve-mix.log" &&
+    grep -qE "\"transport\":\"sctp://\[$B12\],\[$B13\]:[0-9]+\"" "$OUT/resolve-mix.log"
+}
+if until_ok 30 mixed_listed "sctp://[$B10]:3863" && mixed_listed "sctp://$A10:3863"; then
+  pass "R6 resolves (over IPv6 and IPv4) both PEs with every address: $(grep -o '"transport":"[^"]*"' "$OUT/resolve-mix.log" | grep -v asap | cut -d'"' -f4 | sort -u | tr '\n' ' ')"
+else
+  fail "the multi-homed PEs at R6"
+  show "$OUT/resolve-mix.log"
+  show "$OUT/pe-mix4.log"
+  show "$OUT/pe-mix6.log"
+fi
+if printf 'v6-one\nv6-two\n' | timeout 60 "${NX[@]}" "$BIN" pu --registrar "sctp://[$B10]:3863" \
+  --pool MixPool >"$OUT/pu-mix.out" 2>"$OUT/pu-mix.err" &&
+  grep -qx v6-one "$OUT/pu-mix.out" && grep -qx v6-two "$OUT/pu-mix.out"; then
+  pass "our PU gets its echo from a mixed-family PE ($(head -1 "$OUT/pu-mix.err"))"
+else
+  fail "our PU through R6"
+  show "$OUT/pu-mix.err"
+  show "$OUT/pu-mix.out"
+fi
+echo "   ($(elapsed))"
+
+# The PEs and the registrar of steps 7-9 leave (deregistering) before the
+# takeovers: steps 10-11 check which PEs R1, RSP2 and R3 own, and in the slow
+# guest RSPLIB drops PEs whose keep-alives or updates come late.
+kill "${extra_pids[@]}" 2>/dev/null
+for ((i = 0; i < 150; i++)); do
+  alive=0
+  for p in "${extra_pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+  [ $alive = 0 ] && break
+  sleep 0.1
+done
+for p in "${extra_pids[@]}"; do kill -9 "$p" 2>/dev/null; done
+
+# ---- 10. RSP dies: R1 takes its PE over --------------------------------------------------
 ka_before=$(kas_from "$OUT/rspserver2.log" $R1_ID)
 kill -9 $rsp_pid
 r1_owns_rsppool() { dump_has "sctp://$A1:3863" "$OUT/dump-r1.log" RspPool $R1_ID; }
@@ -377,7 +554,7 @@ else
 fi
 echo "   ($(elapsed))"
 
-# ---- 8. R1 dies: RSP2 takes its PEs over ------------------------------------------------
+# ---- 11. R1 dies: RSP2 takes its PEs over ------------------------------------------------
 # RSP2 waits for an ack from every peer it lists: let it drop the dead RSP
 # first (it does so MAX-TIME-NO-RESPONSE after acking its takeover).
 if ! wait_for "$OUT/rspregistrar2.log" "Dead peer .${RSP_ID#0x}" 30; then
@@ -439,13 +616,13 @@ else
 fi
 echo "   ($(elapsed))"
 
-# ---- 9. the capture ---------------------------------------------------------------------
+# ---- 12. the capture ---------------------------------------------------------------------
 sleep 1
 stop "$cap_pid"
 if [ -s "$OUT/cap.pcap" ]; then
   pass "captured $(stat -c %s "$OUT/cap.pcap") bytes of SCTP to $OUT/cap.pcap"
   if [ "${INTEROP_CHECK_IN_VM:-0}" = 1 ]; then
-    if bash tests/interop/check-capture.sh "$OUT/cap.pcap" 1 2 3 4 5 6 7 8 9; then
+    if bash tests/interop/check-capture.sh --expect-file tests/interop/capture-expect.txt "$OUT/cap.pcap" 1 2 3 4 5 6 7 8 9; then
       pass "capture check"
     else
       fail "capture check"
