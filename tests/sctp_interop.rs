@@ -56,6 +56,10 @@ fn sctp_suite_in_a_vm() {
             "register_and_resolve_over_multihomed_sctp",
         ),
         ("session_runtime-", "sctp_echo_and_failover"),
+        (
+            "cli_tools-",
+            "sctp_pu_waits_for_the_replies_to_lines_that_waited_for_a_pe",
+        ),
     ] {
         match test_binary(&deps, prefix, marker) {
             Some(p) => tests.push(p.display().to_string()),
