@@ -72,7 +72,12 @@ impl Run {
 
     /// Wait for a stdout line containing `pat`.
     fn wait_out(&mut self, pat: &str) -> String {
-        let deadline = Instant::now() + T;
+        self.wait_out_within(pat, T)
+    }
+
+    /// [`wait_out`](Self::wait_out) with a hang guard of `limit` instead of `T`.
+    fn wait_out_within(&mut self, pat: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
         if let Some(l) = self.seen_out.iter().find(|l| l.contains(pat)) {
             return l.clone();
         }
@@ -267,8 +272,15 @@ fn sctp_pu_waits_for_the_replies_to_lines_that_waited_for_a_pe() {
         eprintln!("skipping: no kernel SCTP");
         return;
     }
+    // Hang guard: in the emulated VM, beside RSPLIB's programs and the other
+    // test binaries on a loaded host, a process takes many seconds to start.
+    let guard = Duration::from_secs(120);
+    // Longer than the PE takes to answer once the line reaches it, even there.
+    let linger = 15;
     let mut reg = Run::start(&["registrar", "--asap", "sctp://127.0.0.1:0"]);
-    let url = reg.wait_out("listening asap sctp://")["listening asap ".len()..].to_string();
+    let url =
+        reg.wait_out_within("listening asap sctp://", guard)["listening asap ".len()..].to_string();
+    let linger_arg = format!("{linger}s");
     let mut pu = Run::start(&[
         "pu",
         "--registrar",
@@ -276,16 +288,16 @@ fn sctp_pu_waits_for_the_replies_to_lines_that_waited_for_a_pe() {
         "--pool",
         "LatePool",
         "--linger",
-        "5s",
+        &linger_arg,
         "--retry-interval",
         "500ms",
         "--max-attempts",
-        "60",
+        "1000",
     ]);
     pu.send("sent before any PE");
     pu.close_stdin();
     // Longer than --linger: the end of stdin is long past when the PE comes.
-    std::thread::sleep(Duration::from_secs(6));
+    std::thread::sleep(Duration::from_secs(linger + 1));
     // The PE answers a little after the line reaches it.
     let mut pe = Run::start(&[
         "pe",
@@ -300,9 +312,10 @@ fn sctp_pu_waits_for_the_replies_to_lines_that_waited_for_a_pe() {
         "--delay",
         "300ms",
     ]);
-    let first = pe.wait_out("listening sctp://");
-    assert_eq!(pu.line(), "sent before any PE");
+    let first = pe.wait_out_within("listening sctp://", guard);
+    pu.wait_out_within("sent before any PE", guard);
     assert_eq!(pu.wait(), 0, "stderr {:?}", pu.seen_err);
+    assert_eq!(pu.seen_out, ["sent before any PE"]);
     let id = first
         .split_whitespace()
         .nth(2)
