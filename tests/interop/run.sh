@@ -86,6 +86,16 @@ B10=fd77::10
 B11=fd77::11
 B12=fd77::12 # our IPv6-only multi-homed PE (with B13)
 B13=fd77::13
+# RSPLIB's registrars send a PE the next keep-alive KA_INTERVAL after its ack
+# and drop the PE (and ABORT its association) when no ack came within
+# KA_TIMEOUT. RSPLIB's default timeout, 5 s, is within reach of the loaded
+# emulated guest: acks have taken 6-9 s there. A PE RSP2 dropped after its
+# takeover knows no registrar but the dead R1 (-registrar is static and
+# announces are off), so it never comes back, and RSP2's keep-alives stop.
+KA_INTERVAL=5 # s, RSPLIB's default
+KA_TIMEOUT=30 # s
+RSPLIB_KA=(-endpointkeepalivetransmissioninterval=$((KA_INTERVAL * 1000))
+  -endpointkeepalivetimeoutinterval=$((KA_TIMEOUT * 1000)))
 R1_ID=0x5eed0001
 R3_ID=0x5eed0003
 RSP_ID=0x7e570002
@@ -208,7 +218,7 @@ sleep 0.5
 
 # RSP first, so that it is up when R1 and R3 dial it.
 "${NX[@]}" rspregistrar -identifier=$RSP_ID -asap=$A3:3863 -enrp=$A3:9901 \
-  -asapannounce=off -enrpannounce=off -loglevel=4 -logcolor=off \
+  -asapannounce=off -enrpannounce=off "${RSPLIB_KA[@]}" -loglevel=4 -logcolor=off \
   >"$OUT/rspregistrar.log" 2>&1 </dev/null &
 rsp_pid=$!
 pids+=($rsp_pid)
@@ -222,7 +232,7 @@ pids+=($r1_pid)
   --enrp-max-time-no-response 30s >"$OUT/registrar3.log" 2>&1 &
 pids+=($!)
 "${NX[@]}" rspregistrar -identifier=$RSP2_ID -asap=$A6:3863 -enrp=$A6:9901 -peer=$A1:9901 \
-  -asapannounce=off -enrpannounce=off -loglevel=4 -logcolor=off \
+  -asapannounce=off -enrpannounce=off "${RSPLIB_KA[@]}" -loglevel=4 -logcolor=off \
   >"$OUT/rspregistrar2.log" 2>&1 </dev/null &
 rsp2_pid=$!
 pids+=($rsp2_pid)
@@ -259,10 +269,17 @@ else
 fi
 
 # ---- 3. the Rust SCTP tests ---------------------------------------------------
+# The binaries run at the same time (every test uses ephemeral ports): much of
+# their time is spent waiting (the PU test of cli_tools sleeps on purpose).
 if [ -n "${RSERPOOL_SCTP_TESTS:-}" ]; then
+  declare -A rust_pid
+  for t in $RSERPOOL_SCTP_TESTS; do
+    "$t" sctp --test-threads 2 >"$OUT/rust-$(basename "$t").log" 2>&1 &
+    rust_pid[$t]=$!
+  done
   for t in $RSERPOOL_SCTP_TESTS; do
     name=$(basename "$t")
-    if "$t" sctp --test-threads 2 >"$OUT/rust-$name.log" 2>&1 &&
+    if wait "${rust_pid[$t]}" &&
       ! grep -q "skipping: no kernel SCTP" "$OUT/rust-$name.log"; then
       pass "rust tests $name: $(grep -E '^test result' "$OUT/rust-$name.log" | tail -1)"
     else
@@ -491,8 +508,10 @@ else
   show "$OUT/pe-mix4.log"
   show "$OUT/pe-mix6.log"
 fi
-if printf 'v6-one\nv6-two\n' | timeout 60 "${NX[@]}" "$BIN" pu --registrar "sctp://[$B10]:3863" \
-  --pool MixPool >"$OUT/pu-mix.out" 2>"$OUT/pu-mix.err" &&
+# --linger: the PU exits as soon as both replies are in; the long quiet time
+# only keeps it from giving up on them in a slow guest.
+if printf 'v6-one\nv6-two\n' | timeout 90 "${NX[@]}" "$BIN" pu --registrar "sctp://[$B10]:3863" \
+  --pool MixPool --linger 60s >"$OUT/pu-mix.out" 2>"$OUT/pu-mix.err" &&
   grep -qx v6-one "$OUT/pu-mix.out" && grep -qx v6-two "$OUT/pu-mix.out"; then
   pass "our PU gets its echo from a mixed-family PE ($(head -1 "$OUT/pu-mix.err"))"
 else
@@ -602,10 +621,13 @@ pes_answer_rsp2() {
   [ "$(kas_from "$OUT/rspserver.log" $RSP2_ID)" -ge $((ka1_before + 2)) ] &&
     [ "$(kas_from "$OUT/rspserver2.log" $RSP2_ID)" -ge $((ka2_before + 2)) ]
 }
-if until_ok 60 pes_answer_rsp2; then
-  pass "both PEs answer RSP2's keep-alives"
+# Two keep-alives after the takeover's: each comes KA_INTERVAL after the ack
+# of the one before, which RSP2 waits for at most KA_TIMEOUT.
+if until_ok $((2 * (KA_INTERVAL + KA_TIMEOUT) + 20)) pes_answer_rsp2; then
+  pass "both PEs answer RSP2's keep-alives ($(kas_from "$OUT/rspserver.log" $RSP2_ID) and $(kas_from "$OUT/rspserver2.log" $RSP2_ID) so far)"
 else
-  fail "keep-alives from RSP2"
+  fail "keep-alives from RSP2: PE1 got $(kas_from "$OUT/rspserver.log" $RSP2_ID) (before $ka1_before), PE2 $(kas_from "$OUT/rspserver2.log" $RSP2_ID) (before $ka2_before)"
+  grep -a -E "Keep-alive timeout|removing it|Taking ownership" "$OUT/rspregistrar2.log" | show
   show "$OUT/rspserver.log"
 fi
 if wait $e4; then
