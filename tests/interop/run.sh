@@ -20,7 +20,8 @@
 #      - our `rserpool pe --service echo` (OurEcho) at RSP, two RSPLIB
 #        `rspserver -pingpong` (PingPool) at RSP;
 #      - R6, our registrar on sctp://IPv4,[IPv6]:3863
-#   3. meanwhile the Rust SCTP tests (test binaries built on the host, filter
+#   3. meanwhile the Rust SCTP tests (test binaries built on the host, run at
+#      the same time, filter
 #      "sctp", on loopback outside the namespace): RSPLIB's programs need tens
 #      of seconds just to start in the emulated guest
 #   4. PE1 is registered at R1; our `rserpool dump` and `rserpool resolve`
@@ -36,7 +37,8 @@
 #      rspserver that answered, two more; the PU fails over echoing the latest
 #      cookie, and the other rspserver goes on with its reply numbers (3, 4)
 #   9. R6 resolves, over IPv6 and over IPv4, a PE on IPv4+IPv6 and a PE on two
-#      IPv6 addresses, each with every address; our PU gets its echo
+#      IPv6 addresses, each with every address; our PU gets its echo (it
+#      exits with its last reply: a long --linger only keeps it from giving up)
 #  10. SIGKILL to RSP: R1 takes PE2 over (RSP2 and R3 ack; RSP2 applies our
 #      TAKEOVER_SERVER); PE2 adopts R1 on the H=1 keep-alive and keeps
 #      answering R1's keep-alives; R1, R3 and RSP2 resolve it with R1 as home
@@ -141,13 +143,14 @@ show() { sed 's/^/    | /' "$@" | tail -n 25; }
 # Poll a command (a shell function) every half second until it succeeds, at
 # most SECS seconds (a hang guard; how long things take is not a pass criterion).
 until_ok() {
-  local secs=$1 i
+  local end=$((SECONDS + $1))
   shift
-  for ((i = 0; i < secs * 2; i++)); do
+  # By the clock: in the slow guest one round of a check can take a second.
+  while ((SECONDS < end)); do
     "$@" && return 0
     sleep 0.5
   done
-  return 1
+  "$@"
 }
 # The home registrar id (0x........) of the first PE of POOL as the registrar
 # at URL resolves it; empty when it has none.
