@@ -65,14 +65,21 @@
 # registrars (highest id wins, as the RFC says) our side wins after a retry,
 # so R3 would take R1 over rather than RSP2. See docs/sctp.md.
 #
-# Network: everything runs in a network namespace this script creates, on a
-# dummy interface carrying 10.77.0.1-10.77.0.11 and fd77::10-fd77::13
-# (RSPLIB refuses loopback-only PEs); no traffic leaves the namespace.
+# Network: everything runs in network namespaces this script creates, on
+# dummy interfaces: 10.77.0.1-10.77.0.9 for RSPLIB and its peers (RSPLIB
+# refuses loopback-only PEs), 10.77.0.10-11 and fd77::10-fd77::13 for step 9
+# (see NS6); no traffic leaves them.
 set -uo pipefail
 
 BIN=${RSERPOOL_BIN:-target/debug/rserpool}
 OUT=${INTEROP_OUT:-target/interop}
 NS=rsptest$$
+# Step 9 runs in a namespace of its own: RSPLIB's programs bind to every
+# address, so with IPv6 addresses beside theirs every association lists them,
+# our registrars pass them on in the PEs' ASAP transports, and an
+# rspregistrar bound to one IPv4 address then dials a PE over IPv6 from an
+# address it does not own (INIT, INIT_ACK, ABORT: it never reaches the PE).
+NS6=rsptest6$$
 A1=10.77.0.1 # R1 (with A2)
 A2=10.77.0.2
 A3=10.77.0.3 # rspregistrar
@@ -112,9 +119,11 @@ t0=$(date +%s)
 pass() { echo "PASS: $*"; }
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 N() { ip netns exec "$NS" "$@"; }
+N6() { ip netns exec "$NS6" "$@"; }
 # For background jobs: `ip netns exec` execs the command, so $! is its pid
 # (a shell function would put a subshell in between that kill can't see past).
 NX=(ip netns exec "$NS")
+NX6=(ip netns exec "$NS6")
 # Stop one background process: TERM, then KILL after 3 s.
 stop() {
   local p=$1 i
@@ -128,6 +137,7 @@ cleanup() {
   sleep 0.5
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done
   ip netns del "$NS" 2>/dev/null
+  ip netns del "$NS6" 2>/dev/null
 }
 trap cleanup EXIT
 # Wait until FILE contains PATTERN (extended regex), at most SECS seconds.
@@ -192,9 +202,14 @@ echo "== SCTP suite in $(uname -r), $(nproc) CPUs"
 ip netns add "$NS"
 N ip link set lo up
 N ip link add dummy0 type dummy
-for a in $A1 $A2 $A3 $A4 $A5 $A6 $A7 $A8 $A9 $A10 $A11; do N ip addr add $a/24 dev dummy0; done
-for a in $B10 $B11 $B12 $B13; do N ip -6 addr add $a/64 dev dummy0 nodad; done
+for a in $A1 $A2 $A3 $A4 $A5 $A6 $A7 $A8 $A9; do N ip addr add $a/24 dev dummy0; done
 N ip link set dummy0 up
+ip netns add "$NS6"
+N6 ip link set lo up
+N6 ip link add dummy0 type dummy
+for a in $A10 $A11; do N6 ip addr add $a/24 dev dummy0; done
+for a in $B10 $B11 $B12 $B13; do N6 ip -6 addr add $a/64 dev dummy0 nodad; done
+N6 ip link set dummy0 up
 
 # ---- 1. default endpoints -------------------------------------------------------
 "${NX[@]}" "$BIN" registrar --server-id 0x5eed0000 >"$OUT/default.log" 2>&1 &
@@ -215,6 +230,11 @@ chmod 666 "$OUT/cap.pcap" 2>/dev/null
 "${NX[@]}" dumpcap -q -i lo -i dummy0 -w "$OUT/cap.pcap" -f sctp >"$OUT/dumpcap.log" 2>&1 &
 pids+=($!)
 cap_pid=$!
+: >"$OUT/cap6.pcap"
+chmod 666 "$OUT/cap6.pcap" 2>/dev/null
+"${NX6[@]}" dumpcap -q -i lo -i dummy0 -w "$OUT/cap6.pcap" -f sctp >"$OUT/dumpcap6.log" 2>&1 &
+pids+=($!)
+cap6_pid=$!
 # dumpcap writes the pcapng header once both interfaces are open.
 for ((i = 0; i < 100; i++)); do [ -s "$OUT/cap.pcap" ] && break; sleep 0.1; done
 sleep 0.5
@@ -260,7 +280,7 @@ for a in $A8 $A9; do
   extra_pids+=($!)
 done
 # R6 and two PEs of ours: multi-homed across the families.
-"${NX[@]}" "$BIN" registrar --server-id 0x5eed0006 --asap "sctp://$A10,[$B10]:3863" \
+"${NX6[@]}" "$BIN" registrar --server-id 0x5eed0006 --asap "sctp://$A10,[$B10]:3863" \
   >"$OUT/registrar6.log" 2>&1 &
 pids+=($!)
 extra_pids+=($!)
@@ -297,11 +317,11 @@ echo "   ($(elapsed))"
 
 # The PEs of step 9 (R6 is up by now): one on both families, registering over
 # IPv6; one on two IPv6 addresses, registering over IPv4.
-"${NX[@]}" "$BIN" pe --service echo --pool MixPool --listen "sctp://$A11,[$B11]:0" \
+"${NX6[@]}" "$BIN" pe --service echo --pool MixPool --listen "sctp://$A11,[$B11]:0" \
   --registrar "sctp://[$B10]:3863" >"$OUT/pe-mix4.log" 2>&1 </dev/null &
 pids+=($!)
 extra_pids+=($!)
-"${NX[@]}" "$BIN" pe --service echo --pool MixPool --listen "sctp://[$B12],[$B13]:0" \
+"${NX6[@]}" "$BIN" pe --service echo --pool MixPool --listen "sctp://[$B12],[$B13]:0" \
   --registrar "sctp://$A10:3863" >"$OUT/pe-mix6.log" 2>&1 </dev/null &
 pids+=($!)
 extra_pids+=($!)
@@ -499,7 +519,7 @@ else
 fi
 mixed_listed() {
   local url=$1
-  N "$BIN" resolve --registrar "$url" --pool MixPool --json >"$OUT/resolve-mix.log" 2>&1 &&
+  N6 "$BIN" resolve --registrar "$url" --pool MixPool --json >"$OUT/resolve-mix.log" 2>&1 &&
     grep -qE "\"transport\":\"sctp://$A11,\[$B11\]:[0-9]+\"" "$OUT/resolve-mix.log" &&
     grep -qE "\"transport\":\"sctp://\[$B12\],\[$B13\]:[0-9]+\"" "$OUT/resolve-mix.log"
 }
@@ -513,7 +533,7 @@ else
 fi
 # --linger: the PU exits as soon as both replies are in; the long quiet time
 # only keeps it from giving up on them in a slow guest.
-if printf 'v6-one\nv6-two\n' | timeout 90 "${NX[@]}" "$BIN" pu --registrar "sctp://[$B10]:3863" \
+if printf 'v6-one\nv6-two\n' | timeout 90 "${NX6[@]}" "$BIN" pu --registrar "sctp://[$B10]:3863" \
   --pool MixPool --linger 60s >"$OUT/pu-mix.out" 2>"$OUT/pu-mix.err" &&
   grep -qx v6-one "$OUT/pu-mix.out" && grep -qx v6-two "$OUT/pu-mix.out"; then
   pass "our PU gets its echo from a mixed-family PE ($(head -1 "$OUT/pu-mix.err"))"
@@ -644,6 +664,14 @@ echo "   ($(elapsed))"
 # ---- 12. the capture ---------------------------------------------------------------------
 sleep 1
 stop "$cap_pid"
+stop "$cap6_pid"
+# One capture of both namespaces (step 9's is its own).
+if [ -s "$OUT/cap6.pcap" ] && mergecap -w "$OUT/cap-all.pcap" "$OUT/cap.pcap" "$OUT/cap6.pcap" 2>"$OUT/mergecap.log"; then
+  mv "$OUT/cap-all.pcap" "$OUT/cap.pcap"
+else
+  fail "no capture of step 9 to merge (see $OUT/dumpcap6.log, $OUT/mergecap.log)"
+  show "$OUT/dumpcap6.log" "$OUT/mergecap.log"
+fi
 if [ -s "$OUT/cap.pcap" ]; then
   pass "captured $(stat -c %s "$OUT/cap.pcap") bytes of SCTP to $OUT/cap.pcap"
   if [ "${INTEROP_CHECK_IN_VM:-0}" = 1 ]; then
