@@ -72,7 +72,12 @@ impl Run {
 
     /// Wait for a stdout line containing `pat`.
     fn wait_out(&mut self, pat: &str) -> String {
-        let deadline = Instant::now() + T;
+        self.wait_out_within(pat, T)
+    }
+
+    /// [`wait_out`](Self::wait_out) with a hang guard of `limit` instead of `T`.
+    fn wait_out_within(&mut self, pat: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
         if let Some(l) = self.seen_out.iter().find(|l| l.contains(pat)) {
             return l.clone();
         }
@@ -258,6 +263,79 @@ fn pu_echoes_through_the_pool_and_fails_over_with_the_cookie() {
     assert_eq!(pu.wait(), 0, "stderr {:?}", pu.seen_err);
     let closed = alive_proc.wait_out("closed after");
     assert!(closed.ends_with("closed after 6 replies"), "{closed}");
+}
+
+/// The quiet time of `--linger` counts from when the lines went out, not
+/// only from the end of stdin: a PU whose stdin ends before any PE can take
+/// its lines (here the pool is empty at first; on a loaded machine a slow
+/// lookup or connect does the same) waits for the replies to them. Over
+/// SCTP a message counts as acknowledged as soon as the kernel takes it, so
+/// the PU used to close the session the moment the lines were sent, and the
+/// echo never came out (the SCTP VM suite's "our PU through R6", issue #7).
+/// The TCP mapping hid it: the PE's ACK chunk comes with its reply. Runs in
+/// the SCTP VM (tests/sctp_interop.rs).
+#[test]
+fn sctp_pu_waits_for_the_replies_to_lines_that_waited_for_a_pe() {
+    if !rserpool::runtime::probe_sctp().is_available() {
+        eprintln!("skipping: no kernel SCTP");
+        return;
+    }
+    // Hang guard: in the emulated VM, beside RSPLIB's programs and the other
+    // test binaries on a loaded host, a process takes many seconds to start.
+    let guard = Duration::from_secs(120);
+    // Longer than the PE takes to answer once the line reaches it, even there.
+    let linger = 15;
+    let mut reg = Run::start(&["registrar", "--asap", "sctp://127.0.0.1:0"]);
+    let url =
+        reg.wait_out_within("listening asap sctp://", guard)["listening asap ".len()..].to_string();
+    let linger_arg = format!("{linger}s");
+    let mut pu = Run::start(&[
+        "pu",
+        "--registrar",
+        &url,
+        "--pool",
+        "LatePool",
+        "--linger",
+        &linger_arg,
+        "--retry-interval",
+        "500ms",
+        "--max-attempts",
+        "1000",
+    ]);
+    pu.send("sent before any PE");
+    pu.close_stdin();
+    // Longer than --linger: the end of stdin is long past when the PE comes.
+    std::thread::sleep(Duration::from_secs(linger + 1));
+    // The PE answers a little after the line reaches it.
+    let mut pe = Run::start(&[
+        "pe",
+        "--registrar",
+        &url,
+        "--pool",
+        "LatePool",
+        "--listen",
+        "sctp://127.0.0.1:0",
+        "--service",
+        "echo",
+        "--delay",
+        "300ms",
+    ]);
+    let first = pe.wait_out_within("listening sctp://", guard);
+    pu.wait_out_within("sent before any PE", guard);
+    assert_eq!(pu.wait(), 0, "stderr {:?}", pu.seen_err);
+    assert_eq!(pu.seen_out, ["sent before any PE"]);
+    let id = first
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        pu.seen_err
+            .iter()
+            .any(|l| l == &format!("connected to PE {id}")),
+        "{first}; stderr {:?}",
+        pu.seen_err
+    );
 }
 
 #[test]

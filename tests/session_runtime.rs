@@ -815,13 +815,20 @@ fn sctp_echo_and_failover() {
         return;
     }
     let reg = registrar();
-    let pe_ctx = Context::new(config(&reg)).unwrap();
+    // This test runs in the emulated VM, beside RSPLIB's programs and often
+    // on a loaded host: a registration there has taken longer than the 2 s
+    // of config() (pe_listen failed with Timeout). Nothing here waits for
+    // these timers to run out.
+    let mut c = config(&reg);
+    c.client.t1_request = Duration::from_secs(15);
+    c.client.t2_registration = Duration::from_secs(15);
+    let pe_ctx = Context::new(c.clone()).unwrap();
     let url = EndpointUrl::parse("sctp://127.0.0.1:0").unwrap();
     let s1 = pe_ctx
         .pe_listen(PeListenParams::new("sctp", url.clone(), Policy::RoundRobin))
         .unwrap();
     let id1 = s1.pe_id();
-    let pu = Context::new(config(&reg)).unwrap();
+    let pu = Context::new(c).unwrap();
     let s = pu.open_session(b"sctp", wait_connected()).unwrap();
     let h1 = s1.accept(Some(T)).unwrap();
     s.send_with(

@@ -57,7 +57,8 @@ pub struct PuArgs {
     #[arg(long, value_name = "PATH", requires = "fetch")]
     pub output: Option<PathBuf>,
     /// At the end of stdin, once every message is acknowledged: exit when
-    /// every line got a reply, or when none came for this long.
+    /// every line got a reply, or when none came for this long after the
+    /// last reply, the end of stdin and the last acknowledgement.
     #[arg(long, value_parser = parse_duration, default_value = "500ms", value_name = "DURATION")]
     pub linger: Duration,
     /// Exit after this many replies (chargen, daytime).
@@ -154,6 +155,11 @@ fn lines(a: &PuArgs, ctx: &Context, config: SessionConfig) -> i32 {
     let mut replies = 0u64;
     let mut last = Instant::now();
     let mut ended_at: Option<Instant> = None;
+    // When the last message left us (the session buffers none): the quiet
+    // time counts from here too, not from the end of stdin alone, or a PU
+    // whose lines wait for a PE longer than --linger (a slow resolution or
+    // connect) would give up the moment they are sent.
+    let mut drained_at: Option<Instant> = None;
     let mut closing = false;
     let mut code = 0;
     loop {
@@ -220,10 +226,12 @@ fn lines(a: &PuArgs, ctx: &Context, config: SessionConfig) -> i32 {
         }
         let ended = *ended_at.get_or_insert_with(Instant::now);
         if s.buffered() > 0 {
+            drained_at = None;
             continue;
         }
+        let drained = *drained_at.get_or_insert_with(Instant::now);
         let sent = input.sent.load(Ordering::Acquire);
-        let quiet = last.max(ended).elapsed() >= a.linger;
+        let quiet = last.max(ended).max(drained).elapsed() >= a.linger;
         if (sent > 0 && replies >= sent) || quiet {
             s.close();
             closing = true;
