@@ -223,6 +223,28 @@ fn sees_every_pe(pu: &Context, want: &[u32]) {
     }
 }
 
+/// Wait until every thread of `pid` is stopped: kill(2) returns before a
+/// running process stops, and a registrar that still answers one more
+/// message (a deregistration sent right after the SIGSTOP) is not hung yet.
+fn wait_stopped(pid: libc::pid_t) {
+    let stopped = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat"))
+                .ok()
+                .and_then(|st| {
+                    // "pid (comm) S ...": the state follows the last ')'.
+                    let rest = &st[st.rfind(')')? + 1..];
+                    rest.split_whitespace().next().map(|s| s == "T" || s == "t")
+                })
+                .unwrap_or(false)
+        })
+    };
+    eventually("the registrar is stopped", stopped);
+}
+
 fn home_of(ctx: &Context) -> Option<SocketAddr> {
     ctx.home().expect("the context answers")
 }
@@ -567,6 +589,7 @@ fn library_pes_and_pus_leave_a_hung_registrar_within_their_timers() {
     let hung = Instant::now();
     // SAFETY: kill(2) on our own child, not yet reaped.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
+    wait_stopped(pid);
     let survivors = [a.addr, c.addr];
     let ids = [ida, idc];
     // When each of these first held, measured together.
@@ -660,6 +683,7 @@ fn a_deregistration_at_a_survivor_removes_the_pe_everywhere() {
     let pid = libc::pid_t::try_from(b.child.id()).unwrap();
     // SAFETY: kill(2) on our own child, not yet reaped.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
+    wait_stopped(pid);
     let t = Instant::now();
     pe_b_all
         .deregister(1)
