@@ -212,6 +212,12 @@ pub struct Config {
     /// unanswered is closed: for a session, a failed PE (fail-over).
     /// Default 3.
     pub heartbeat_max_missed: u32,
+    /// TCP mapping: acknowledge the DATA chunks of one read burst with one
+    /// ACK chunk carrying the cumulative TSN instead of one ACK chunk each
+    /// (the draft's letter, digest §10.4). Fewer chunks for streaming
+    /// sessions; only for peers known to read the Cumulative TSN Ack as
+    /// cumulative, as this library does. Default off.
+    pub coalesce_acks: bool,
 }
 
 impl Default for Config {
@@ -223,6 +229,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(2),
             heartbeat_interval: Duration::from_secs(30),
             heartbeat_max_missed: 3,
+            coalesce_acks: false,
         }
     }
 }
@@ -481,9 +488,7 @@ impl Context {
             connect_timeout: ccfg.t5_server_hunt.max(Duration::from_millis(100)),
             heartbeat_interval: config.heartbeat_interval,
             heartbeat_max_missed: config.heartbeat_max_missed,
-            // One cumulative ACK per connection and loop turn: sessions count
-            // acknowledgements by TSN, and the registrar's ASAP ignores them.
-            coalesce_acks: true,
+            coalesce_acks: config.coalesce_acks,
             ..RuntimeConfig::default()
         };
         let origin = Instant::now();

@@ -211,6 +211,62 @@ fn every_init_variant_and_heartbeat_echo() {
     }
 }
 
+/// 100 DATA chunks in one write, echoed: what ACK chunks come back.
+fn acks_for_a_burst(coalesce: bool) -> Vec<Option<u32>> {
+    let r = Running::start(RuntimeConfig {
+        coalesce_acks: coalesce,
+        ..RuntimeConfig::default()
+    });
+    let mut s = TcpStream::connect(r.addr).unwrap();
+    let mut out = Vec::new();
+    Chunk::Init {
+        flags: InitFlags::NONE,
+    }
+    .encode(&mut out)
+    .unwrap();
+    for tsn in 0..100u32 {
+        let d = crate::wire::tcpmap::DataHeader {
+            unordered: false,
+            tsn,
+            stream: 0,
+            ssn: tsn as u16,
+            ppid: 11,
+        };
+        crate::wire::tcpmap::encode_data(&mut out, InitFlags::NONE, &d, &tsn.to_be_bytes())
+            .unwrap();
+    }
+    s.write_all(&out).unwrap();
+    let mut dec = ChunkDecoder::new(1 << 17);
+    let mut acks = Vec::new();
+    let mut echoes = 0;
+    let mut init = false;
+    while echoes < 100 || acks.last() != Some(&Some(99)) {
+        for c in raw_chunks(&mut s, &mut dec, 1) {
+            match c {
+                Chunk::Init { .. } if !init => init = true,
+                Chunk::Ack { cum_tsn } => acks.push(cum_tsn),
+                Chunk::Data(_) => echoes += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert!(init);
+    acks
+}
+
+#[test]
+fn one_ack_per_data_chunk_unless_coalescing_is_asked_for() {
+    // Digest §10.4: exactly one ACK per DATA chunk handed up, in order.
+    let acks = acks_for_a_burst(false);
+    assert_eq!(acks, (0..100u32).map(Some).collect::<Vec<_>>());
+    // Coalesced: fewer chunks, each a cumulative TSN, increasing, ending at
+    // the last one.
+    let acks = acks_for_a_burst(true);
+    assert!(acks.len() < 100, "{} ACK chunks", acks.len());
+    assert!(acks.windows(2).all(|w| w[0] < w[1]), "{acks:?}");
+    assert_eq!(acks.last(), Some(&Some(99)));
+}
+
 #[test]
 fn framing_errors_close_the_connection() {
     let r = Running::start(RuntimeConfig::default());
