@@ -1112,48 +1112,28 @@ impl Session {
             if self
                 .queue
                 .front()
-                .is_none_or(|n| taken + n.bytes.len() > max_bytes)
+                .is_none_or(|n| taken.saturating_add(n.bytes.len()) > max_bytes)
             {
                 break;
             }
         }
     }
 
+    /// Every queued message out as an [`Output::Send`] copy.
     fn flush(&mut self) {
-        let Phase::Up {
-            conn,
-            next_tsn,
-            inflight,
-            ..
-        } = &mut self.phase
-        else {
-            return;
-        };
-        while let Some(mut m) = self.queue.pop_front() {
-            let tsn = *next_tsn;
-            *next_tsn = tsn.wrapping_add(1);
-            self.stats.sent += 1;
-            if m.sent_before {
-                self.stats.resent += 1;
-            }
-            m.sent_before = true;
-            self.out.push_back(Output::Send {
-                conn: *conn,
-                tsn,
-                stream: m.opts.stream,
-                unordered: m.opts.unordered,
+        let mut sends = Vec::new();
+        self.flush_with(usize::MAX, &mut |m| {
+            sends.push(Output::Send {
+                conn: m.conn,
+                tsn: m.tsn,
+                stream: m.stream,
+                unordered: m.unordered,
                 ppid: m.ppid,
-                bytes: m.bytes.clone(),
+                bytes: m.bytes.to_vec(),
                 seq: Some(m.seq),
-            });
-            self.unacked += 1;
-            if self.config.upper_layer_acks {
-                inflight.push_back((tsn, Sent::Kept(m)));
-            } else {
-                inflight.push_back((tsn, Sent::Dropped(m.bytes.len())));
-                self.bufs.give(m.bytes);
-            }
-        }
+            })
+        });
+        self.out.extend(sends);
     }
 
     /// Put the unacknowledged messages back at the head of the queue, in order.
