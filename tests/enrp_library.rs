@@ -227,22 +227,10 @@ fn sees_every_pe(pu: &Context, want: &[u32]) {
 /// running process stops, and a registrar that still answers one more
 /// message (a deregistration sent right after the SIGSTOP) is not hung yet.
 fn wait_stopped(pid: libc::pid_t) {
-    let stopped = || {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            return false;
-        };
-        tasks.flatten().all(|t| {
-            std::fs::read_to_string(t.path().join("stat"))
-                .ok()
-                .and_then(|st| {
-                    // "pid (comm) S ...": the state follows the last ')'.
-                    let rest = &st[st.rfind(')')? + 1..];
-                    rest.split_whitespace().next().map(|s| s == "T" || s == "t")
-                })
-                .unwrap_or(false)
-        })
-    };
-    eventually("the registrar is stopped", stopped);
+    let pid = u32::try_from(pid).expect("a child's pid");
+    eventually("the registrar is stopped", || {
+        common::all_threads_stopped(pid)
+    });
 }
 
 fn home_of(ctx: &Context) -> Option<SocketAddr> {

@@ -4,6 +4,8 @@
 //! connections closed at once, nothing acknowledged, no deregistration) or,
 //! in `sigkilled_pe_process_fails_over`, a child process killed with SIGKILL.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -1048,7 +1050,7 @@ fn frozen_pe_fails_over_after_missed_heartbeats() {
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
     // kill(2) only queues the stop: wait until every thread is stopped.
     let deadline = Instant::now() + T;
-    while !all_threads_stopped(pid) {
+    while !common::all_threads_stopped(pid) {
         assert!(Instant::now() < deadline, "the child did not stop");
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -1170,23 +1172,6 @@ fn business_cards_both_ways() {
             other => panic!("{other:?}"),
         }
     }
-}
-
-/// Every thread of process `pid` is in state T (stopped), per /proc.
-fn all_threads_stopped(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    tasks.flatten().all(|t| {
-        std::fs::read_to_string(t.path().join("stat"))
-            .ok()
-            .and_then(|st| {
-                // "pid (comm) S ...": the state follows the last ')'.
-                let rest = &st[st.rfind(')')? + 1..];
-                rest.split_whitespace().next().map(|s| s == "T" || s == "t")
-            })
-            .unwrap_or(false)
-    })
 }
 
 /// The last reference to a context dropped inside one of its callbacks, on

@@ -14,6 +14,24 @@ use rserpool::wire::{AsapMessage, ErrorCause, Policy, PoolElement, PoolHandle, T
 /// Generous: these tests must pass on a loaded 2-core machine.
 pub const T: Duration = Duration::from_secs(20);
 
+/// Every thread of process `pid` is stopped (SIGSTOP took effect: kill(2)
+/// only queues it).
+pub fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|st| {
+                // "pid (comm) S ...": the state follows the last ')'.
+                let rest = &st[st.rfind(')')? + 1..];
+                rest.split_whitespace().next().map(|s| s == "T" || s == "t")
+            })
+            .unwrap_or(false)
+    })
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_rserpool")
 }
