@@ -65,8 +65,6 @@ static int pe_data(rserpool_session *s, uint8_t *buf, size_t cap, size_t *len, i
 }
 
 int main(void) {
-    const char *asap[] = {"tcp://127.0.0.1:0"};
-    rserpool_registrar_params rp;
     rserpool_registrar *reg = NULL;
     char url[128];
     size_t len = 0, count = 0;
@@ -81,14 +79,8 @@ int main(void) {
     int x, y, card_seen = 0;
     uint32_t card_pe = 0;
 
-    rserpool_registrar_params_init(&rp);
-    rp.asap_urls = asap;
-    rp.asap_count = 1;
-    if (rserpool_registrar_start(&rp, &reg) != RSERPOOL_OK) {
-        fprintf(stderr, "cannot start the registrar\n");
-        return 1;
-    }
-    CHECK_EQ_INT(rserpool_registrar_local_url(reg, 0, url, sizeof url, &len), RSERPOOL_OK);
+    reg = session_registrar(url, sizeof url);
+    if (reg == NULL) return 1;
 
     for (int i = 0; i < NPE; i++) {
         ctx[i] = session_context(url);

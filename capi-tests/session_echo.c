@@ -486,11 +486,8 @@ static void server_errors(rserpool_context *ctx) {
 }
 
 int main(void) {
-    const char *asap[] = {"tcp://127.0.0.1:0"};
-    rserpool_registrar_params rp;
     rserpool_registrar *reg = NULL;
     char url[128];
-    size_t len = 0;
     struct pe_thread pt;
     pthread_t tid;
     uint32_t pe_id = 0;
@@ -509,14 +506,8 @@ int main(void) {
         CHECK_EQ_INT(rserpool_config_free(cfg), RSERPOOL_OK);
     }
 
-    rserpool_registrar_params_init(&rp);
-    rp.asap_urls = asap;
-    rp.asap_count = 1;
-    if (rserpool_registrar_start(&rp, &reg) != RSERPOOL_OK) {
-        fprintf(stderr, "cannot start the registrar\n");
-        return 1;
-    }
-    CHECK_EQ_INT(rserpool_registrar_local_url(reg, 0, url, sizeof url, &len), RSERPOOL_OK);
+    reg = session_registrar(url, sizeof url);
+    if (reg == NULL) return 1;
 
     pe_ctx = session_context(url);
     pu = session_context(url);

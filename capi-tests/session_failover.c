@@ -340,27 +340,18 @@ static void hung_pe(rserpool_context *pu, struct child *d, struct child *e, cons
 }
 
 int main(int argc, char **argv) {
-    const char *asap[] = {"tcp://127.0.0.1:0"};
-    rserpool_registrar_params rp;
     rserpool_registrar *reg = NULL;
     struct child a = {0, NULL, 0}, b = {0, NULL, 0}, c = {0, NULL, 0}, d = {0, NULL, 0},
                  e = {0, NULL, 0};
     struct child *live[2];
     char url[128];
-    size_t len = 0;
     rserpool_context *pu;
 
     if (argc == 4 && strcmp(argv[1], "pe") == 0) return pe_child(argv[2], argv[3]);
     signal(SIGPIPE, SIG_IGN);
 
-    rserpool_registrar_params_init(&rp);
-    rp.asap_urls = asap;
-    rp.asap_count = 1;
-    if (rserpool_registrar_start(&rp, &reg) != RSERPOOL_OK) {
-        fprintf(stderr, "cannot start the registrar\n");
-        return 1;
-    }
-    CHECK_EQ_INT(rserpool_registrar_local_url(reg, 0, url, sizeof url, &len), RSERPOOL_OK);
+    reg = session_registrar(url, sizeof url);
+    if (reg == NULL) return 1;
     pu = session_context_hb(url, 200, 5);
 
     if (child_start(&a, argv[0], url)) {

@@ -44,6 +44,24 @@ static inline rserpool_context *session_context(const char *registrar_url) {
     return session_context_hb(registrar_url, 0, 0);
 }
 
+/* Starts an embedded registrar on an ephemeral loopback port; its URL goes to
+ * `url` (`cap` bytes). NULL (with a message) if it cannot start. */
+static inline rserpool_registrar *session_registrar(char *url, size_t cap) {
+    const char *asap[] = {"tcp://127.0.0.1:0"};
+    rserpool_registrar_params rp;
+    rserpool_registrar *reg = NULL;
+    size_t len = 0;
+    rserpool_registrar_params_init(&rp);
+    rp.asap_urls = asap;
+    rp.asap_count = 1;
+    if (rserpool_registrar_start(&rp, &reg) != RSERPOOL_OK) {
+        fprintf(stderr, "cannot start the registrar\n");
+        return NULL;
+    }
+    CHECK_EQ_INT(rserpool_registrar_local_url(reg, 0, url, cap, &len), RSERPOOL_OK);
+    return reg;
+}
+
 /* Listens on an ephemeral loopback port as a PE of `pool`. */
 static inline rserpool_pe_server *session_listen(rserpool_context *ctx, const char *pool) {
     rserpool_pe_listen_params p;
