@@ -427,7 +427,9 @@ func readable(fd int, timeout time.Duration) bool {
 	return err == nil && n == 1
 }
 
-func TestSessions(t *testing.T) {
+// sessionContexts starts a registrar and two contexts on it with fast timers:
+// one for pool elements, one for pool users (no stale cache).
+func sessionContexts(t *testing.T) (peCtx, puCtx *Context) {
 	url := registrar(t)
 	timers := map[Timer]time.Duration{}
 	for k, v := range fast {
@@ -438,11 +440,17 @@ func TestSessions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer peCtx.Close()
-	puCtx, err := NewContext(Config{Registrars: []string{url}, Timers: timers})
+	puCtx, err = NewContext(Config{Registrars: []string{url}, Timers: timers})
 	if err != nil {
+		peCtx.Close()
 		t.Fatal(err)
 	}
+	return peCtx, puCtx
+}
+
+func TestSessions(t *testing.T) {
+	peCtx, puCtx := sessionContexts(t)
+	defer peCtx.Close()
 	defer puCtx.Close()
 
 	stop := make(chan struct{})
@@ -567,21 +575,8 @@ func TestSessions(t *testing.T) {
 }
 
 func TestBusinessCardsAndStreams(t *testing.T) {
-	url := registrar(t)
-	timers := map[Timer]time.Duration{}
-	for k, v := range fast {
-		timers[k] = v
-	}
-	timers[TimerStaleCache] = 0
-	peCtx, err := NewContext(Config{Registrars: []string{url}, Timers: fast})
-	if err != nil {
-		t.Fatal(err)
-	}
+	peCtx, puCtx := sessionContexts(t)
 	defer peCtx.Close()
-	puCtx, err := NewContext(Config{Registrars: []string{url}, Timers: timers})
-	if err != nil {
-		t.Fatal(err)
-	}
 	defer puCtx.Close()
 	var srvs []*PEServer
 	for i := 0; i < 2; i++ {
