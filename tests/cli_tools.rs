@@ -77,45 +77,38 @@ impl Run {
 
     /// [`wait_out`](Self::wait_out) with a hang guard of `limit` instead of `T`.
     fn wait_out_within(&mut self, pat: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        if let Some(l) = self.seen_out.iter().find(|l| l.contains(pat)) {
-            return l.clone();
-        }
-        while let Ok(l) = self
-            .out
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            self.seen_out.push(l.clone());
-            if l.contains(pat) {
-                return l;
-            }
-        }
-        self.drain();
-        panic!(
-            "no stdout line with {pat:?}; stdout {:?} stderr {:?}",
-            self.seen_out, self.seen_err
-        )
+        self.wait_line(false, pat, limit)
     }
 
     /// Wait for a stderr line containing `pat`.
     fn wait_err(&mut self, pat: &str) -> String {
-        let deadline = Instant::now() + T;
-        if let Some(l) = self.seen_err.iter().find(|l| l.contains(pat)) {
+        self.wait_line(true, pat, T)
+    }
+
+    /// The first line of stdout (or stderr) containing `pat`, seen before or
+    /// arriving within `limit`.
+    fn wait_line(&mut self, stderr: bool, pat: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        let (rx, seen) = if stderr {
+            (&self.err, &mut self.seen_err)
+        } else {
+            (&self.out, &mut self.seen_out)
+        };
+        if let Some(l) = seen.iter().find(|l| l.contains(pat)) {
             return l.clone();
         }
-        while let Ok(l) = self
-            .err
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            self.seen_err.push(l.clone());
+        while let Ok(l) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            seen.push(l.clone());
             if l.contains(pat) {
                 return l;
             }
         }
         self.drain();
         panic!(
-            "no stderr line with {pat:?}; stdout {:?} stderr {:?}",
-            self.seen_out, self.seen_err
+            "no {} line with {pat:?}; stdout {:?} stderr {:?}",
+            if stderr { "stderr" } else { "stdout" },
+            self.seen_out,
+            self.seen_err
         )
     }
 
